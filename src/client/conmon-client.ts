@@ -1,0 +1,181 @@
+// A TypeScript client for conmonrs, mirroring upstream's Go client (pkg/client): `ConmonClient.new`
+// starts a server (or reuses the one already serving the run dir), methods map 1:1 to the RPCs.
+
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { RpcClient } from "./rpc-client.ts";
+
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "off";
+export type LogDriver = "none" | "stdout" | "systemd";
+
+export const CgroupManager = { systemd: 0, cgroupfs: 1 } as const;
+export type CgroupManager = (typeof CgroupManager)[keyof typeof CgroupManager];
+
+export interface ConmonServerConfig {
+  /** Path of the conmonrs binary; default: `conmonrs` on PATH. */
+  conmonServerPath?: string;
+  runtime: string;
+  runtimeRoot?: string;
+  serverRunDir: string;
+  logLevel?: LogLevel;
+  logDriver?: LogDriver;
+  /** Extra environment for the server process. */
+  env?: Record<string, string>;
+  /** argv prefix the server is started under (e.g. a private mount namespace for crun on hybrid cgroups). */
+  wrapper?: string[];
+  /** Default cgroup manager sent with requests that carry one (upstream's default: systemd). */
+  cgroupManager?: CgroupManager;
+}
+
+export interface VersionResponse {
+  processId: number;
+  version: string;
+  tag: string;
+  commit: string;
+  buildDate: string;
+  target: string;
+  rustVersion: string;
+  cargoVersion: string;
+  cargoTree: string;
+}
+
+const SOCKET_NAME = "conmon.sock";
+const PIDFILE_NAME = "pidfile";
+
+export class ConmonClient {
+  private rpc?: RpcClient;
+  private connecting?: Promise<RpcClient>;
+
+  private constructor(
+    readonly config: ConmonServerConfig,
+    private serverPid: number,
+  ) {}
+
+  /** Starts the server unless one already serves `serverRunDir`, and waits until it answers. */
+  static async new(config: ConmonServerConfig): Promise<ConmonClient> {
+    if (!config.runtime) throw new Error("runtime must be specified");
+    if (!config.serverRunDir) throw new Error("RunDir must be specified");
+    mkdirSync(config.serverRunDir, { recursive: true });
+    const client = new ConmonClient(config, 0);
+    try {
+      const running = await client.version();
+      client.serverPid = running.processId;
+      return client;
+    } catch {
+      client.resetConnection();
+    }
+    await client.startServer();
+    return client;
+  }
+
+  /** The long-lived server's pid. */
+  get pid(): number {
+    return this.serverPid;
+  }
+
+  get socketPath(): string {
+    return join(this.config.serverRunDir, SOCKET_NAME);
+  }
+
+  private async startServer(): Promise<void> {
+    const { config } = this;
+    const argv = [config.conmonServerPath ?? "conmonrs", "--runtime", config.runtime, "--runtime-dir", config.serverRunDir];
+    if (config.runtimeRoot) argv.push("--runtime-root", config.runtimeRoot);
+    if (config.logLevel) argv.push("--log-level", config.logLevel);
+    if (config.logDriver) argv.push("--log-driver", config.logDriver);
+    const launcher = Bun.spawn([...(config.wrapper ?? []), ...argv], {
+      stdio: ["ignore", config.logDriver === "stdout" ? "inherit" : "ignore", "inherit"],
+      env: { ...process.env, ...config.env },
+    });
+    const status = await launcher.exited;
+    if (status !== 0) throw new Error(`start conmonrs: launcher exited with status ${status}`);
+    const pidfile = join(config.serverRunDir, PIDFILE_NAME);
+    const text = readFileSync(pidfile, "utf8");
+    if (!/^\d+$/.test(text)) throw new Error(`parse server pid from '${pidfile}': '${text}'`);
+    this.serverPid = Number(text);
+    try {
+      await this.version();
+    } catch (err) {
+      await this.shutdown().catch(() => {});
+      throw new Error(`server not up: ${(err as Error).message}`);
+    }
+    rmSync(pidfile);
+  }
+
+  /** The RPC connection, dialed lazily and reset after any RPC error (as the Go client does). */
+  async connection(): Promise<RpcClient> {
+    if (this.rpc && !this.rpc.closed) return this.rpc;
+    this.connecting ??= RpcClient.connect(this.socketPath).finally(() => (this.connecting = undefined));
+    this.rpc = await this.connecting;
+    return this.rpc;
+  }
+
+  resetConnection(): void {
+    this.rpc?.close();
+    this.rpc = undefined;
+  }
+
+  /** Runs one RPC; on failure the connection is reset so the next call dials afresh. */
+  async call<T>(methodId: number, fill: (request: any) => void, read: (response: any) => T): Promise<T> {
+    const rpc = await this.connection();
+    try {
+      const results: any = await rpc.call(methodId, (params) => fill(params._initRequest()));
+      return read(results.response);
+    } catch (err) {
+      this.resetConnection();
+      throw err;
+    }
+  }
+
+  version(verbose = false): Promise<VersionResponse> {
+    return this.call(
+      0,
+      (req) => {
+        req.verbose = verbose;
+      },
+      (res) => ({
+        processId: res.processId,
+        version: res.version,
+        tag: res.tag,
+        commit: res.commit,
+        buildDate: res.buildDate,
+        target: res.target,
+        rustVersion: res.rustVersion,
+        cargoVersion: res.cargoVersion,
+        cargoTree: res.cargoTree,
+      }),
+    );
+  }
+
+  /** SIGINT the server and wait (up to 10 s) until it is gone. */
+  async shutdown(): Promise<void> {
+    this.resetConnection();
+    const pid = this.serverPid;
+    if (!pid) return;
+    try {
+      process.kill(pid, "SIGINT");
+    } catch (err: any) {
+      if (err?.code === "ESRCH") return;
+      throw err;
+    }
+    for (let i = 0; i < 100; i++) {
+      if (!processAlive(pid)) return;
+      await Bun.sleep(100);
+    }
+    throw new Error("timed out waiting for server PID to disappear");
+  }
+}
+
+/** A zombie counts as gone: the server is dead even if its parent has not reaped it yet. */
+function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+export function socketExists(runDir: string): boolean {
+  return existsSync(join(runDir, SOCKET_NAME));
+}

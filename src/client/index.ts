@@ -1,0 +1,2 @@
+export { ConmonClient, CgroupManager, type ConmonServerConfig, type VersionResponse, type LogLevel, type LogDriver } from "./conmon-client.ts";
+export { RemoteError, RpcClient } from "./rpc-client.ts";

@@ -1,0 +1,183 @@
+// Client side of the rpc.capnp level-0 protocol: one connection, the bootstrap capability, and
+// calls on it. Calls are pipelined on the bootstrap question (as go-capnp does), so the first call
+// costs no extra round trip.
+
+import { Message, utils, type Struct } from "capnp-es";
+import { Message as RpcMessage, Return } from "capnp-es/capnp/rpc";
+import { Conmon$Client } from "../../schema/conmon.ts";
+import { FrameDecoder } from "../rpc/framing.ts";
+import { withShortPath } from "../rpc/listener.ts";
+import type { Socket } from "bun";
+
+const BOOTSTRAP_QUESTION = 0;
+
+/** An exception returned by the server; `message` is the server's reason text. */
+export class RemoteError extends Error {
+  override name = "RemoteError";
+  constructor(
+    message: string,
+    readonly type: number,
+  ) {
+    super(message);
+  }
+}
+
+interface Pending {
+  resolve(results: Struct): void;
+  reject(err: Error): void;
+  ResultsClass: new (...args: any[]) => Struct;
+}
+
+export class RpcClient {
+  private nextQuestion = BOOTSTRAP_QUESTION + 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly decoder = new FrameDecoder();
+  private closedError?: Error;
+  private backlog: Uint8Array[] = [];
+
+  private constructor(private socket: Socket<undefined>) {}
+
+  static connect(socketPath: string): Promise<RpcClient> {
+    return new Promise((resolve, reject) => {
+      let client: RpcClient | undefined;
+      withShortPath(socketPath, (shortPath) =>
+        Bun.connect<undefined>({
+          unix: shortPath,
+          socket: {
+            open(socket) {
+              client = new RpcClient(socket);
+              client.sendBootstrap();
+              resolve(client);
+            },
+            data(_socket, chunk) {
+              client?.receive(chunk);
+            },
+            drain() {
+              client?.flush();
+            },
+            close() {
+              client?.fail(new Error("connection closed by the server"));
+            },
+            error(_socket, err) {
+              client?.fail(err);
+            },
+            connectError(_socket, err) {
+              reject(new Error(`connect to '${socketPath}': ${err.message}`));
+            },
+          },
+        }).catch((err) => reject(new Error(`connect to '${socketPath}': ${err.message}`))),
+      );
+    });
+  }
+
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
+  /** Calls `Conmon` method `methodId`; `fill` writes the params. Resolves with the results struct. */
+  call<R extends Struct>(methodId: number, fill: (params: any) => void): Promise<R> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const method = Conmon$Client.methods[methodId];
+    if (!method) return Promise.reject(new Error(`unknown method ${methodId}`));
+    const questionId = this.nextQuestion++;
+    const msg = new Message();
+    const call = msg.initRoot(RpcMessage)._initCall();
+    call.questionId = questionId;
+    call.interfaceId = Conmon$Client.interfaceId;
+    call.methodId = methodId;
+    call._initTarget()._initPromisedAnswer().questionId = BOOTSTRAP_QUESTION;
+    const content = call._initParams().content;
+    utils.initStruct(method.ParamsClass._capnp.size, content);
+    fill(utils.getAs(method.ParamsClass as any, content));
+    return new Promise<R>((resolve, reject) => {
+      this.pending.set(questionId, { resolve: resolve as any, reject, ResultsClass: method.ResultsClass as any });
+      this.write(new Uint8Array(msg.toArrayBuffer()));
+    });
+  }
+
+  close(): void {
+    this.fail(new Error("connection closed"));
+    this.socket.end();
+  }
+
+  private sendBootstrap(): void {
+    const msg = new Message();
+    msg.initRoot(RpcMessage)._initBootstrap().questionId = BOOTSTRAP_QUESTION;
+    this.write(new Uint8Array(msg.toArrayBuffer()));
+  }
+
+  private receive(chunk: Uint8Array): void {
+    let frames: ArrayBuffer[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.fail(err as Error);
+      this.socket.end();
+      return;
+    }
+    for (const frame of frames) this.handle(frame);
+  }
+
+  private handle(frame: ArrayBuffer): void {
+    const msg = new Message(frame, false).getRoot(RpcMessage);
+    const which = msg.which();
+    if (which === RpcMessage.ABORT) {
+      this.fail(new RemoteError(`server aborted the connection: ${msg.abort.reason}`, msg.abort.type));
+      return;
+    }
+    if (which !== RpcMessage.RETURN) return;
+    const ret = msg.return;
+    const questionId = ret.answerId;
+    this.sendFinish(questionId);
+    const pending = this.pending.get(questionId);
+    if (!pending) return; // the bootstrap answer
+    this.pending.delete(questionId);
+    switch (ret.which()) {
+      case Return.RESULTS:
+        pending.resolve(utils.getAs(pending.ResultsClass as any, ret.results.content));
+        break;
+      case Return.EXCEPTION:
+        pending.reject(new RemoteError(ret.exception.reason, ret.exception.type));
+        break;
+      default:
+        pending.reject(new Error(`unexpected return kind ${ret.which()}`));
+    }
+  }
+
+  private sendFinish(questionId: number): void {
+    const msg = new Message();
+    const finish = msg.initRoot(RpcMessage)._initFinish();
+    finish.questionId = questionId;
+    finish.releaseResultCaps = false;
+    this.write(new Uint8Array(msg.toArrayBuffer()));
+  }
+
+  private write(bytes: Uint8Array): void {
+    if (this.closedError) return;
+    if (this.backlog.length > 0) {
+      this.backlog.push(bytes);
+      return;
+    }
+    const written = this.socket.write(bytes);
+    if (written < bytes.byteLength) this.backlog.push(bytes.subarray(Math.max(written, 0)));
+  }
+
+  private flush(): void {
+    while (this.backlog.length > 0) {
+      const head = this.backlog[0]!;
+      const written = this.socket.write(head);
+      if (written === head.byteLength) this.backlog.shift();
+      else {
+        if (written > 0) this.backlog[0] = head.subarray(written);
+        return;
+      }
+    }
+  }
+
+  private fail(err: Error): void {
+    if (this.closedError) return;
+    this.closedError = err;
+    for (const pending of this.pending.values()) pending.reject(err);
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,104 @@
+// Build information, baked in by build.ts (`--define`), printed by `--version[-json]` and returned
+// by the `version` RPC. Upstream's rustc/cargo fields carry the Bun runtime and package manager.
+
+import pkg from "../package.json" with { type: "json" };
+
+export interface BuildInfo {
+  version: string;
+  tag: string;
+  commit: string;
+  buildDate: string;
+  target: string;
+  rustVersion: string;
+  cargoVersion: string;
+  cargoTree: string;
+}
+
+declare const CONMON_BUILD_INFO: Omit<BuildInfo, "version" | "rustVersion"> | undefined;
+
+function targetTriple(): string {
+  const arch = process.arch === "arm64" ? "aarch64" : process.arch === "x64" ? "x86_64" : process.arch;
+  return `${arch}-unknown-linux-gnu`;
+}
+
+/** Dependencies as a `cargo tree`-like listing (only sent when verbose). */
+export function dependencyTree(): string {
+  const deps = Object.entries(pkg.dependencies as Record<string, string>);
+  const lines = deps.map(([name, version], i) => `${i === deps.length - 1 ? "└──" : "├──"} ${name} v${version}`);
+  return [`${pkg.name} v${pkg.version}`, ...lines].join("\n");
+}
+
+function gitOutput(args: string[]): string {
+  try {
+    const result = Bun.spawnSync(["git", ...args], { cwd: import.meta.dir, stderr: "ignore" });
+    return result.success ? result.stdout.toString().trim() : "";
+  } catch {
+    return "";
+  }
+}
+
+let cached: BuildInfo | undefined;
+
+export function buildInfo(): BuildInfo {
+  if (cached) return cached;
+  const baked = typeof CONMON_BUILD_INFO === "undefined" ? undefined : CONMON_BUILD_INFO;
+  // Running from source (tests of pure modules, `bun src/main.ts`): ask git now.
+  const info = baked ?? {
+    tag: gitOutput(["describe", "--tags", "--always", "--dirty"]),
+    commit: gitOutput(["rev-parse", "HEAD"]) || "unknown",
+    buildDate: new Date().toISOString().replace("T", " ").slice(0, 19),
+    target: targetTriple(),
+    cargoVersion: `bun install ${Bun.version}`,
+    cargoTree: dependencyTree(),
+  };
+  cached = { version: pkg.version, rustVersion: `bun ${Bun.version} (${Bun.revision.slice(0, 8)})`, ...info };
+  return cached;
+}
+
+/** Text form of `--version`, one item per line as upstream. */
+export function versionText(full: boolean): string {
+  const v = buildInfo();
+  const lines = [
+    `version: ${v.version}`,
+    `tag: ${v.tag || "none"}`,
+    `commit: ${v.commit}`,
+    `build: ${v.buildDate}`,
+    `target: ${v.target}`,
+    v.rustVersion,
+    v.cargoVersion,
+  ];
+  if (full) lines.push("", `cargo tree: ${v.cargoTree}`);
+  return lines.join("\n");
+}
+
+/** JSON form of `--version-json`, keys in upstream's (serde) order. */
+export function versionJson(full: boolean): string {
+  const v = buildInfo();
+  return JSON.stringify({
+    verbose: full,
+    version: v.version,
+    tag: v.tag,
+    commit: v.commit,
+    build_date: v.buildDate,
+    target: v.target,
+    rust_version: v.rustVersion,
+    cargo_version: v.cargoVersion,
+    cargo_tree: full ? v.cargoTree : "",
+  });
+}
+
+/** The `version` RPC (ordinal 0): `processId` is the long-lived server's pid. */
+export function handleVersion(params: any, results: any): void {
+  const verbose: boolean = params.request.verbose;
+  const v = buildInfo();
+  const response = results._initResponse();
+  response.processId = process.pid;
+  response.version = v.version;
+  response.tag = v.tag;
+  response.commit = v.commit;
+  response.buildDate = v.buildDate;
+  response.target = v.target;
+  response.rustVersion = v.rustVersion;
+  response.cargoVersion = v.cargoVersion;
+  response.cargoTree = verbose ? v.cargoTree : "";
+}
