@@ -34,6 +34,8 @@ export class RpcClient {
   private readonly decoder = new FrameDecoder();
   private closedError?: Error;
   private backlog: Uint8Array[] = [];
+  /** Export id of the Conmon capability once the bootstrap Return arrived; until then calls pipeline. */
+  private bootstrapExport?: number;
 
   private constructor(private socket: Socket<undefined>) {}
 
@@ -85,7 +87,11 @@ export class RpcClient {
     call.questionId = questionId;
     call.interfaceId = Conmon$Client.interfaceId;
     call.methodId = methodId;
-    call._initTarget()._initPromisedAnswer().questionId = BOOTSTRAP_QUESTION;
+    const target = call._initTarget();
+    // Before the bootstrap Return the question is still open and can be pipelined on; after it we
+    // finish that question, so calls must name the imported capability instead.
+    if (this.bootstrapExport === undefined) target._initPromisedAnswer().questionId = BOOTSTRAP_QUESTION;
+    else target.importedCap = this.bootstrapExport;
     const content = call._initParams().content;
     utils.initStruct(method.ParamsClass._capnp.size, content);
     fill(utils.getAs(method.ParamsClass as any, content));
@@ -129,8 +135,16 @@ export class RpcClient {
     const ret = msg.return;
     const questionId = ret.answerId;
     this.sendFinish(questionId);
+    if (questionId === BOOTSTRAP_QUESTION) {
+      if (ret.which() === Return.RESULTS && ret.results.capTable.length > 0) {
+        this.bootstrapExport = ret.results.capTable.get(0).senderHosted;
+      } else {
+        this.fail(new Error("server did not return the Conmon capability"));
+      }
+      return;
+    }
     const pending = this.pending.get(questionId);
-    if (!pending) return; // the bootstrap answer
+    if (!pending) return;
     this.pending.delete(questionId);
     switch (ret.which()) {
       case Return.RESULTS:
