@@ -159,7 +159,10 @@ let sigioInstalled = false;
 
 function installSigioHandler(): void {
   if (sigioInstalled) return;
-  process.on("SIGIO", pump);
+  // Dispatch on the next turn, not inside the signal callback: a Bun.spawn made from a signal
+  // callback's promise chain never has its exit noticed by Bun (measured with Bun 1.4.4: the child
+  // stays a zombie and `exited` never settles), and callbacks here may well lead to a spawn.
+  process.on("SIGIO", schedulePump);
   sigioInstalled = true;
 }
 
