@@ -41,7 +41,7 @@ schema: deps
 	bun schema/generate.ts
 
 test: deps build
-	bun test
+	bun test --timeout 60000
 
 demo: deps build
 	bun contrib/demo.ts

@@ -94,7 +94,18 @@ export class ChildReaper {
   private sweepTimer: ReturnType<typeof setTimeout> | undefined;
   private sweepQueued = false;
   private closed = false;
-  private readonly onSigchld = () => this.handleSigchld();
+  // Handled on the next turn, never inside the signal callback: a Bun.spawn made from a signal
+  // callback's promise chain (a cleanup command after an exit, say) is never reaped by Bun 1.4.4;
+  // the child stays a zombie and its `exited` never settles.
+  private sigchldQueued = false;
+  private readonly onSigchld = () => {
+    if (this.sigchldQueued) return;
+    this.sigchldQueued = true;
+    setImmediate(() => {
+      this.sigchldQueued = false;
+      if (!this.closed) this.handleSigchld();
+    });
+  };
 
   constructor(log: Logger) {
     this.log = log;

@@ -9,6 +9,8 @@ import { createLogger, type Logger } from "./logger.ts";
 import { listenRpc, type RpcListener } from "./rpc/listener.ts";
 import { conmonService, type Handler, type MethodName } from "./service.ts";
 import { handleVersion } from "./version.ts";
+import { ChildReaper } from "./child-reaper.ts";
+import { Containers } from "./containers.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
 
@@ -119,6 +121,11 @@ export function runServer(config: ServerConfig): Server {
   validateConfig(config);
   prepareProcess();
   const server = new Server(config);
+  const reaper = new ChildReaper(server.logger);
+  const containers = new Containers(config, reaper, server.logger);
+  server.handle("createContainer", containers.handleCreate);
+  server.handle("reopenLogContainer", containers.handleReopenLog);
+  server.onShutdown(() => containers.killAll());
   server.start();
   return server;
 }

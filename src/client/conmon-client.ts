@@ -39,6 +39,58 @@ export interface VersionResponse {
   cargoTree: string;
 }
 
+export interface ContainerLogDriver {
+  type: "cri" | "json" | "journald";
+  path?: string;
+  /** Bytes; 0 = unlimited. */
+  maxSize?: number;
+}
+
+export interface CreateContainerConfig {
+  id: string;
+  bundlePath: string;
+  terminal?: boolean;
+  stdin?: boolean;
+  exitPaths?: string[];
+  oomExitPaths?: string[];
+  logDrivers?: ContainerLogDriver[];
+  cleanupCmd?: string[];
+  globalArgs?: string[];
+  commandArgs?: string[];
+  envVars?: Record<string, string>;
+  cgroupManager?: CgroupManager;
+  /** Slots from RemoteFDs.send(); they become the runtime's fds 3, 4, ... */
+  additionalFds?: bigint[];
+  /** Slots kept open in the server until the container exits. */
+  leakFds?: bigint[];
+}
+
+const LogDriverType = { cri: 0, json: 1, journald: 2 } as const;
+
+/** Lists with no elements stay unset (null), as the Go client sends them. */
+function setTexts(req: any, field: string, values: string[] | undefined): void {
+  if (!values || values.length === 0) return;
+  const list = req[`_init${field}`](values.length);
+  values.forEach((v, i) => list.set(i, v));
+}
+
+function setSlots(req: any, field: string, values: bigint[] | undefined): void {
+  if (!values || values.length === 0) return;
+  const list = req[`_init${field}`](values.length);
+  values.forEach((v, i) => list.set(i, v));
+}
+
+function setEnv(req: any, env: Record<string, string> | undefined): void {
+  const entries = Object.entries(env ?? {});
+  if (entries.length === 0) return;
+  const list = req._initEnvVars(entries.length);
+  entries.forEach(([key, value], i) => {
+    const entry = list.get(i);
+    entry.key = key;
+    entry.value = value;
+  });
+}
+
 const SOCKET_NAME = "conmon.sock";
 const PIDFILE_NAME = "pidfile";
 
@@ -144,6 +196,50 @@ export class ConmonClient {
         cargoVersion: res.cargoVersion,
         cargoTree: res.cargoTree,
       }),
+    );
+  }
+
+  /** createContainer: runs `runtime create` under the server; resolves with the container pid. */
+  createContainer(cfg: CreateContainerConfig): Promise<{ pid: number }> {
+    return this.call(
+      1,
+      (req) => {
+        req.id = cfg.id;
+        req.bundlePath = cfg.bundlePath;
+        req.terminal = cfg.terminal ?? false;
+        req.stdin = cfg.stdin ?? false;
+        setTexts(req, "ExitPaths", cfg.exitPaths);
+        setTexts(req, "OomExitPaths", cfg.oomExitPaths);
+        setTexts(req, "CleanupCmd", cfg.cleanupCmd);
+        setTexts(req, "GlobalArgs", cfg.globalArgs);
+        setTexts(req, "CommandArgs", cfg.commandArgs);
+        setEnv(req, cfg.envVars);
+        const drivers = cfg.logDrivers ?? [];
+        if (drivers.length > 0) {
+          const list = req._initLogDrivers(drivers.length);
+          drivers.forEach((d, i) => {
+            const entry = list.get(i);
+            entry.type = LogDriverType[d.type];
+            entry.path = d.path ?? "";
+            entry.maxSize = BigInt(d.maxSize ?? 0);
+          });
+        }
+        req.cgroupManager = cfg.cgroupManager ?? this.config.cgroupManager ?? CgroupManager.systemd;
+        setSlots(req, "AdditionalFds", cfg.additionalFds);
+        setSlots(req, "LeakFds", cfg.leakFds);
+      },
+      (res) => ({ pid: res.containerPid as number }),
+    );
+  }
+
+  /** reopenLogContainer: reopen every log file of the container at its path (after rotation). */
+  async reopenLogContainer(cfg: { id: string }): Promise<void> {
+    await this.call(
+      4,
+      (req) => {
+        req.id = cfg.id;
+      },
+      () => undefined,
     );
   }
 

@@ -1,0 +1,313 @@
+// Containers of this pod: createContainer (ordinal 1), reopenLogContainer (ordinal 4), and the
+// life of a created container until its exit is recorded (exit/OOM files, cleanup command).
+// Execs are tracked elsewhere and never shadow a container's entry (upstream quirk Q6, fixed).
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ServerConfig } from "./cli.ts";
+import { ChildReaper, spawnTracked, type ExitInfo } from "./child-reaper.ts";
+import { ContainerIO } from "./container-io.ts";
+import { ContainerLog, type LogDriverConfig } from "./container-log.ts";
+import { errorChain, withContext } from "./errors.ts";
+import { runCleanupCommand, writeExitFiles, writeOomFiles } from "./exit-files.ts";
+import type { Logger } from "./logger.ts";
+import { OomWatcher } from "./oom-watcher.ts";
+import { createArgs, type RuntimeConfig } from "./runtime-args.ts";
+import { closeQuietly } from "../ffi/fd.ts";
+import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
+import { Conmon_CgroupManager, Conmon_LogDriver_Type } from "../schema/conmon.ts";
+
+/** How long an exited container's output may still drain before its exit files are written. */
+const OUTPUT_DRAIN_MS = 200;
+
+export interface Container {
+  readonly id: string;
+  readonly pid: number;
+  readonly io: ContainerIO;
+  readonly log: ContainerLog;
+  /** Resolves once exit (and OOM) files are written. */
+  readonly exited: Promise<ExitInfo>;
+}
+
+export class ChildNotAvailable extends Error {
+  constructor() {
+    super("child not available");
+  }
+}
+
+/** Slots of the fd socket (startFdSocket); filled by a later concern, empty until then. */
+export interface FdStore {
+  take(slot: bigint): number;
+}
+
+const emptyFdStore: FdStore = {
+  take(slot) {
+    throw new Error(`no file descriptor in slot ${slot}`);
+  },
+};
+
+/** Text list → string[]; a null (unset) list reads as empty. */
+function texts(list: { length: number; get(i: number): string }): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < list.length; i++) out.push(list.get(i));
+  return out;
+}
+
+function envMap(list: { length: number; get(i: number): { key: string; value: string } }): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (let i = 0; i < list.length; i++) {
+    const entry = list.get(i);
+    env[entry.key] = entry.value;
+  }
+  return env;
+}
+
+const DRIVER_TYPES: Record<number, LogDriverConfig["type"]> = {
+  [Conmon_LogDriver_Type.CONTAINER_RUNTIME_INTERFACE]: "cri",
+  [Conmon_LogDriver_Type.JSON]: "json",
+  [Conmon_LogDriver_Type.JOURNALD]: "journald",
+};
+
+function logDrivers(list: any): LogDriverConfig[] {
+  const drivers: LogDriverConfig[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const driver = list.get(i);
+    const type = DRIVER_TYPES[driver.type];
+    if (!type) throw new Error(`unknown log driver type ${driver.type}`);
+    drivers.push({ type, path: driver.path, maxSize: Number(driver.maxSize) });
+  }
+  return drivers;
+}
+
+export class Containers {
+  private readonly byId = new Map<string, Container>();
+  fdStore: FdStore = emptyFdStore;
+
+  constructor(
+    private readonly config: ServerConfig,
+    private readonly reaper: ChildReaper,
+    private readonly log: Logger,
+  ) {}
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: string): Container {
+    const container = this.byId.get(id);
+    if (!container) throw new ChildNotAvailable();
+    return container;
+  }
+
+  has(id: string): boolean {
+    return this.byId.has(id);
+  }
+
+  all(): Container[] {
+    return [...this.byId.values()];
+  }
+
+  runtimeConfig(): RuntimeConfig {
+    return { runtimePath: this.config.runtime, runtimeRoot: this.config.runtimeRoot, logLevel: this.config.logLevel };
+  }
+
+  /** The createContainer RPC. */
+  readonly handleCreate = async (params: any, results: any): Promise<void> => {
+    const req = params.request;
+    const id: string = req.id;
+    const bundlePath: string = req.bundlePath;
+    const terminal: boolean = req.terminal;
+    const stdin: boolean = req.stdin;
+    const drivers = logDrivers(req.logDrivers);
+    const exitPaths = texts(req.exitPaths);
+    const oomExitPaths = texts(req.oomExitPaths);
+    const cleanupCmd = texts(req.cleanupCmd);
+    const globalArgs = texts(req.globalArgs);
+    const commandArgs = texts(req.commandArgs);
+    const env = envMap(req.envVars);
+    const systemdCgroup = req.cgroupManager === Conmon_CgroupManager.SYSTEMD;
+    if (this.byId.has(id)) throw new Error(`container with id ${id} already exists`);
+
+    const additionalFds: number[] = [];
+    const leakFds: number[] = [];
+    try {
+      for (const slot of req.additionalFds.toArray() as bigint[]) additionalFds.push(this.fdStore.take(slot));
+      for (const slot of req.leakFds.toArray() as bigint[]) leakFds.push(this.fdStore.take(slot));
+    } catch (err) {
+      for (const fd of [...additionalFds, ...leakFds]) closeQuietly(fd);
+      throw err;
+    }
+
+    let log: ContainerLog | undefined;
+    let io: ContainerIO | undefined;
+    try {
+      log = await ContainerLog.open(id, drivers, {
+        onError: (err, driver) => this.log.error(`container ${id} ${driver.type} log '${driver.path}': ${errorChain(err)}`),
+      });
+      io = terminal ? await ContainerIO.terminal({ stdin, log: this.log }) : ContainerIO.streams({ stdin, log: this.log });
+      const pid = await this.runCreate(io, log, {
+        id,
+        bundlePath,
+        argv: createArgs(this.runtimeConfig(), {
+          id,
+          bundlePath,
+          systemdCgroup,
+          globalArgs,
+          commandArgs,
+          consoleSocket: io.consoleSocketPath,
+        }),
+        env,
+        additionalFds,
+      });
+      for (const fd of additionalFds) closeQuietly(fd);
+      additionalFds.length = 0;
+      const container = this.register({ id, pid, io, log, exitPaths, oomExitPaths, cleanupCmd, leakFds });
+      results._initResponse().containerPid = container.pid;
+    } catch (err) {
+      io?.close();
+      log?.close();
+      for (const fd of [...additionalFds, ...leakFds]) closeQuietly(fd);
+      throw err;
+    }
+  };
+
+  /** Runs `runtime create`; returns the container pid from <bundle>/pidfile. */
+  private async runCreate(
+    io: ContainerIO,
+    log: ContainerLog,
+    opts: { id: string; bundlePath: string; argv: string[]; env: Record<string, string>; additionalFds: number[] },
+  ): Promise<number> {
+    const argv = [this.config.runtime, ...opts.argv];
+    this.log.debug(`Running runtime: ${argv.join(" ")}`);
+    // Streams mode: the runtime's own stderr is the container's stderr pipe, so a failing create
+    // reports through it; collect what arrives while the runtime runs for the error message.
+    const runtimeStderr: Uint8Array[] = [];
+    const unsubscribe = io.subscribe({
+      onData(stream, chunk) {
+        if (stream === "stderr" && runtimeStderr.length < 64) runtimeStderr.push(chunk.slice());
+      },
+      onEnd() {},
+    });
+    const [stdinFd, stdoutFd, stderrFd] = io.childStdio;
+    const proc = spawnTracked(argv, {
+      env: { ...process.env, ...opts.env },
+      stdio: [stdinFd, io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd, ...opts.additionalFds] as any,
+    });
+    io.afterSpawn();
+    let terminalOutput: Promise<string> | undefined;
+    try {
+      if (io.terminal) {
+        terminalOutput = Promise.all([
+          new Response(proc.stdout as unknown as ReadableStream).text(),
+          new Response(proc.stderr as unknown as ReadableStream).text(),
+        ]).then(([out, errText]) => (out + errText).trim());
+        await io.waitForPty(proc.exited);
+      }
+      io.start(log);
+      const code = await proc.exited;
+      if (code !== 0) {
+        // Give the pipe a moment to deliver what the runtime wrote just before exiting.
+        await Bun.sleep(0);
+        const stderrText = terminalOutput
+          ? await terminalOutput
+          : Buffer.concat(runtimeStderr).toString("utf8").trim();
+        throw new Error(`child command exited with: ${code}${stderrText ? `: ${stderrText}` : ""}`);
+      }
+    } catch (err) {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+      throw err;
+    } finally {
+      unsubscribe();
+    }
+    const pidFile = join(opts.bundlePath, "pidfile");
+    let text: string;
+    try {
+      text = readFileSync(pidFile, "utf8");
+    } catch (err) {
+      throw withContext(`grandchild pid read error ${pidFile}`, err);
+    }
+    const pid = Number(text.trim());
+    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`grandchild pid parse error ${pidFile}: invalid digit found in string`);
+    return pid;
+  }
+
+  private register(opts: {
+    id: string;
+    pid: number;
+    io: ContainerIO;
+    log: ContainerLog;
+    exitPaths: string[];
+    oomExitPaths: string[];
+    cleanupCmd: string[];
+    leakFds: number[];
+  }): Container {
+    const oom = OomWatcher.start(opts.pid, this.log);
+    const exited = this.supervise(opts, oom);
+    const container: Container = { id: opts.id, pid: opts.pid, io: opts.io, log: opts.log, exited };
+    this.byId.set(opts.id, container);
+    this.log.debug(`Registered container ${opts.id} with pid ${opts.pid}`);
+    return container;
+  }
+
+  /** Waits for the container's exit and records it; never rejects. */
+  private async supervise(
+    c: { id: string; pid: number; io: ContainerIO; log: ContainerLog; exitPaths: string[]; oomExitPaths: string[]; cleanupCmd: string[]; leakFds: number[] },
+    oom: OomWatcher,
+  ): Promise<ExitInfo> {
+    let exit: ExitInfo;
+    try {
+      exit = await this.reaper.watch(c.pid);
+    } catch (err) {
+      this.log.error(`watch container ${c.id}: ${errorChain(err)}`);
+      exit = { code: -1 };
+    }
+    // The container's output normally ends with it; a daemonized child may keep the pipe open,
+    // so wait only briefly before recording the exit.
+    await Promise.race([c.io.ended, Bun.sleep(OUTPUT_DRAIN_MS)]);
+    try {
+      if (oom.oomKilled()) writeOomFiles(c.oomExitPaths, this.log);
+    } finally {
+      oom.close();
+    }
+    writeExitFiles(c.exitPaths, exit.code, this.log);
+    this.log.debug(`Container ${c.id} (pid ${c.pid}) exited with ${exit.code}`);
+    if (c.cleanupCmd.length > 0) runCleanupCommand(c.cleanupCmd, this.log);
+    for (const fd of c.leakFds) closeQuietly(fd);
+    this.byId.delete(c.id);
+    // Output may still be flowing from a grandchild that kept the pipe; close when it ends.
+    void c.io.ended.then(() => {
+      c.io.close();
+      c.log.close();
+    });
+    return exit;
+  }
+
+  /** The reopenLogContainer RPC. */
+  readonly handleReopenLog = async (params: any): Promise<void> => {
+    await this.get(params.request.id).log.reopen();
+  };
+
+  /** Shutdown: SIGKILL every container and wait until its exit files are written (137). */
+  async killAll(): Promise<void> {
+    const ownGroup = getpgid(getpid());
+    const containers = this.all();
+    for (const c of containers) {
+      const pgid = getpgid(c.pid);
+      // Never signal our own process group (upstream quirk Q16): runtimes give containers their
+      // own session, but a misconfigured one must not take the monitor down with it.
+      if (pgid > 1 && pgid !== ownGroup) {
+        try {
+          killProcessGroup(pgid, "SIGKILL");
+        } catch {
+          // the group may be gone already
+        }
+      }
+      try {
+        kill(c.pid, "SIGKILL");
+      } catch {
+        // already exited; its exit is being recorded
+      }
+    }
+    await Promise.all(containers.map((c) => c.exited));
+  }
+}
