@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ServerConfig } from "./cli.ts";
 import { ChildReaper, spawnTracked, type ExitInfo } from "./child-reaper.ts";
+import { AttachServer } from "./attach.ts";
 import { ContainerIO } from "./container-io.ts";
 import { ContainerLog, type LogDriverConfig } from "./container-log.ts";
 import { errorChain, withContext } from "./errors.ts";
@@ -19,12 +20,17 @@ import { Conmon_CgroupManager, Conmon_LogDriver_Type } from "../schema/conmon.ts
 
 /** How long an exited container's output may still drain before its exit files are written. */
 const OUTPUT_DRAIN_MS = 200;
+/** After the output ended, attach sockets stay a little so clients can read the final `[0]`. */
+const ATTACH_LINGER_MS = 2000;
 
 export interface Container {
   readonly id: string;
   readonly pid: number;
   readonly io: ContainerIO;
   readonly log: ContainerLog;
+  /** Created with stdin: attach clients' input reaches the container. */
+  readonly stdin: boolean;
+  readonly attachServers: Set<AttachServer>;
   /** Resolves once exit (and OOM) files are written. */
   readonly exited: Promise<ExitInfo>;
 }
@@ -161,7 +167,7 @@ export class Containers {
       });
       for (const fd of additionalFds) closeQuietly(fd);
       additionalFds.length = 0;
-      const container = this.register({ id, pid, io, log, exitPaths, oomExitPaths, cleanupCmd, leakFds });
+      const container = this.register({ id, pid, io, log, stdin, exitPaths, oomExitPaths, cleanupCmd, leakFds });
       results._initResponse().containerPid = container.pid;
     } catch (err) {
       io?.close();
@@ -236,14 +242,16 @@ export class Containers {
     pid: number;
     io: ContainerIO;
     log: ContainerLog;
+    stdin: boolean;
     exitPaths: string[];
     oomExitPaths: string[];
     cleanupCmd: string[];
     leakFds: number[];
   }): Container {
     const oom = OomWatcher.start(opts.pid, this.log);
-    const exited = this.supervise(opts, oom);
-    const container: Container = { id: opts.id, pid: opts.pid, io: opts.io, log: opts.log, exited };
+    const attachServers = new Set<AttachServer>();
+    const exited = this.supervise({ ...opts, attachServers }, oom);
+    const container: Container = { id: opts.id, pid: opts.pid, io: opts.io, log: opts.log, stdin: opts.stdin, attachServers, exited };
     this.byId.set(opts.id, container);
     this.log.debug(`Registered container ${opts.id} with pid ${opts.pid}`);
     return container;
@@ -251,7 +259,17 @@ export class Containers {
 
   /** Waits for the container's exit and records it; never rejects. */
   private async supervise(
-    c: { id: string; pid: number; io: ContainerIO; log: ContainerLog; exitPaths: string[]; oomExitPaths: string[]; cleanupCmd: string[]; leakFds: number[] },
+    c: {
+      id: string;
+      pid: number;
+      io: ContainerIO;
+      log: ContainerLog;
+      exitPaths: string[];
+      oomExitPaths: string[];
+      cleanupCmd: string[];
+      leakFds: number[];
+      attachServers: Set<AttachServer>;
+    },
     oom: OomWatcher,
   ): Promise<ExitInfo> {
     let exit: ExitInfo;
@@ -275,12 +293,45 @@ export class Containers {
     for (const fd of c.leakFds) closeQuietly(fd);
     this.byId.delete(c.id);
     // Output may still be flowing from a grandchild that kept the pipe; close when it ends.
-    void c.io.ended.then(() => {
-      c.io.close();
+    void c.io.ended.then(async () => {
       c.log.close();
+      if (c.attachServers.size > 0) await Bun.sleep(ATTACH_LINGER_MS);
+      for (const server of c.attachServers) server.close();
+      c.io.close();
     });
     return exit;
   }
+
+  /** The attachContainer RPC: a SEQPACKET socket streaming the container's output (spec §9). */
+  readonly handleAttach = async (params: any): Promise<void> => {
+    const req = params.request;
+    const container = this.get(req.id);
+    const execSession: string = req.execSessionId;
+    if (execSession) this.log.debug(`Attach to container ${container.id} for exec session ${execSession}`);
+    const server = await AttachServer.create(
+      req.socketPath,
+      container.io,
+      {
+        stopAfterStdinEof: req.stopAfterStdinEof,
+        acceptsStdin: container.stdin,
+        onStdinEof: () => this.log.debug(`Attach client of ${container.id} closed stdin`),
+      },
+      this.log,
+    );
+    container.attachServers.add(server);
+  };
+
+  /** The setWindowSizeContainer RPC: TIOCSWINSZ on the container's pty. */
+  readonly handleSetWindowSize = (params: any): void => {
+    const req = params.request;
+    const container = this.get(req.id);
+    if (!container.io.terminal) throw new Error("container has no terminal");
+    try {
+      container.io.setWindowSize(req.height, req.width);
+    } catch (err) {
+      throw withContext("resize terminal", err);
+    }
+  };
 
   /** The reopenLogContainer RPC. */
   readonly handleReopenLog = async (params: any): Promise<void> => {

@@ -11,6 +11,7 @@ import { conmonService, type Handler, type MethodName } from "./service.ts";
 import { handleVersion } from "./version.ts";
 import { ChildReaper } from "./child-reaper.ts";
 import { Containers } from "./containers.ts";
+import { ExecSync } from "./exec-sync.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
 
@@ -125,7 +126,11 @@ export function runServer(config: ServerConfig): Server {
   const containers = new Containers(config, reaper, server.logger);
   server.handle("createContainer", containers.handleCreate);
   server.handle("reopenLogContainer", containers.handleReopenLog);
-  server.onShutdown(() => containers.killAll());
+  server.handle("attachContainer", containers.handleAttach);
+  server.handle("setWindowSizeContainer", containers.handleSetWindowSize);
+  const execSync = new ExecSync(config, reaper, server.logger);
+  server.handle("execSyncContainer", execSync.handle);
+  server.onShutdown(() => Promise.all([containers.killAll(), execSync.killAll()]).then(() => {}));
   server.start();
   return server;
 }

@@ -4,6 +4,18 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { RpcClient } from "./rpc-client.ts";
+import { execSyncContainer, type ExecSyncConfig, type ExecContainerResult } from "./exec.ts";
+import { attachContainer, type AttachConfig } from "./attach.ts";
+import { createNamespaces, type CreateNamespacesConfig, type CreateNamespacesResponse } from "./namespaces.ts";
+import { remoteFds, type RemoteFDs } from "./remote-fds.ts";
+import {
+  serveAttachContainer,
+  serveExecContainer,
+  servePortForwardContainer,
+  type ServeAttachContainerConfig,
+  type ServeExecContainerConfig,
+  type ServePortForwardContainerConfig,
+} from "./streaming.ts";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "off";
 export type LogDriver = "none" | "stdout" | "systemd";
@@ -241,6 +253,52 @@ export class ConmonClient {
       },
       () => undefined,
     );
+  }
+
+  /** execSyncContainer: run a command in the container and collect its output (src/client/exec.ts). */
+  execSyncContainer(cfg: ExecSyncConfig): Promise<ExecContainerResult> {
+    return execSyncContainer(this, cfg);
+  }
+
+  /** attachContainer: stream the container's output and feed its stdin (src/client/attach.ts). */
+  attachContainer(cfg: AttachConfig): Promise<void> {
+    return attachContainer(this, cfg);
+  }
+
+  /** setWindowSizeContainer: resize the container's terminal. */
+  async setWindowSizeContainer(cfg: { id: string; size: { width: number; height: number } }): Promise<void> {
+    if (!cfg.size) throw new Error("terminal size cannot be nil");
+    await this.call(
+      5,
+      (req) => {
+        req.id = cfg.id;
+        req.width = cfg.size.width;
+        req.height = cfg.size.height;
+      },
+      () => undefined,
+    );
+  }
+
+  /** createNamespaces: pin the pod's namespaces (src/client/namespaces.ts). */
+  createNamespaces(cfg: CreateNamespacesConfig): Promise<CreateNamespacesResponse> {
+    return createNamespaces(this, cfg);
+  }
+
+  /** startFdSocket + a connection to it, for passing fds to createContainer (src/client/remote-fds.ts). */
+  remoteFds(): Promise<RemoteFDs> {
+    return remoteFds(this);
+  }
+
+  serveExecContainer(cfg: ServeExecContainerConfig): Promise<{ url: string }> {
+    return serveExecContainer(this, cfg);
+  }
+
+  serveAttachContainer(cfg: ServeAttachContainerConfig): Promise<{ url: string }> {
+    return serveAttachContainer(this, cfg);
+  }
+
+  servePortForwardContainer(cfg: ServePortForwardContainerConfig): Promise<{ url: string }> {
+    return servePortForwardContainer(this, cfg);
   }
 
   /** SIGINT the server and wait (up to 10 s) until it is gone. */

@@ -1,0 +1,51 @@
+// execSyncContainer on the client side (mirrors the Go client's ExecSyncContainer).
+import { CgroupManager, type ConmonClient } from "./conmon-client.ts";
+
+export interface ExecSyncConfig {
+  id: string;
+  command: string[];
+  /** Seconds; 0 = no timeout. */
+  timeoutSec?: number;
+  terminal?: boolean;
+  /** Environment of the runtime `exec` process (as upstream, not of the exec'd command). */
+  envVars?: Record<string, string>;
+  cgroupManager?: CgroupManager;
+}
+
+export interface ExecContainerResult {
+  exitCode: number;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  timedOut: boolean;
+}
+
+export function execSyncContainer(client: ConmonClient, cfg: ExecSyncConfig): Promise<ExecContainerResult> {
+  return client.call(
+    2,
+    (req) => {
+      req.id = cfg.id;
+      req.timeoutSec = BigInt(cfg.timeoutSec ?? 0);
+      if (cfg.command.length > 0) {
+        const list = req._initCommand(cfg.command.length);
+        cfg.command.forEach((arg, i) => list.set(i, arg));
+      }
+      req.terminal = cfg.terminal ?? false;
+      const env = Object.entries(cfg.envVars ?? {});
+      if (env.length > 0) {
+        const list = req._initEnvVars(env.length);
+        env.forEach(([key, value], i) => {
+          list.get(i).key = key;
+          list.get(i).value = value;
+        });
+      }
+      req.cgroupManager = cfg.cgroupManager ?? client.config.cgroupManager ?? CgroupManager.systemd;
+    },
+    // Copy the bytes out before the message is released (as the Go client does).
+    (res) => ({
+      exitCode: res.exitCode,
+      stdout: res._hasStdout() ? res.stdout.toUint8Array().slice() : new Uint8Array(),
+      stderr: res._hasStderr() ? res.stderr.toUint8Array().slice() : new Uint8Array(),
+      timedOut: res.timedOut,
+    }),
+  );
+}

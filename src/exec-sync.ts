@@ -1,0 +1,199 @@
+// execSyncContainer (ordinal 2): `runtime exec -d` a command in a container, capture its output,
+// answer its exit code. Kubelet probes call this every few seconds in every pod, so it must be
+// cheap and must never let a chatty or hanging command hurt the server.
+
+import { randomUUID } from "node:crypto";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import type { ServerConfig } from "./cli.ts";
+import { ChildReaper, spawnTracked, type ExitInfo } from "./child-reaper.ts";
+import { ContainerIO, type StreamName } from "./container-io.ts";
+import { errorChain } from "./errors.ts";
+import type { Logger } from "./logger.ts";
+import { execArgs, type RuntimeConfig } from "./runtime-args.ts";
+import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
+import { Conmon_CgroupManager } from "../schema/conmon.ts";
+
+/** Per stream (CVE-2022-1708): output beyond this is dropped, not an error. */
+export const MAX_EXEC_OUTPUT = 16 * 1024 * 1024;
+/** After the exec exits, how long its output may still drain (a background child may hold the pipe). */
+const OUTPUT_DRAIN_MS = 100;
+
+export const EXIT_CODE_TIMEOUT = -3;
+export const EXIT_CODE_RUNTIME_FAILED = -2;
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  timedOut: boolean;
+}
+
+/** Collects one stream up to a cap; a chunk that would cross the cap ends collection (as upstream). */
+export class CappedBuffer {
+  private readonly chunks: Uint8Array[] = [];
+  private length = 0;
+  private full = false;
+
+  constructor(private readonly cap = MAX_EXEC_OUTPUT) {}
+
+  push(chunk: Uint8Array): void {
+    if (this.full) return;
+    if (this.length + chunk.byteLength >= this.cap) {
+      this.full = true;
+      return;
+    }
+    this.chunks.push(chunk.slice());
+    this.length += chunk.byteLength;
+  }
+
+  bytes(): Uint8Array {
+    if (this.chunks.length === 1) return this.chunks[0]!;
+    const out = new Uint8Array(this.length);
+    let at = 0;
+    for (const c of this.chunks) {
+      out.set(c, at);
+      at += c.byteLength;
+    }
+    return out;
+  }
+}
+
+function texts(list: { length: number; get(i: number): string }): string[] {
+  return Array.from({ length: list.length }, (_, i) => list.get(i));
+}
+
+/** Kills an exec's process group (never our own, quirk Q16) and the process itself. */
+export function killTree(pid: number): void {
+  const pgid = getpgid(pid);
+  if (pgid > 1 && pgid !== getpgid(getpid())) {
+    try {
+      killProcessGroup(pgid, "SIGKILL");
+    } catch {
+      // group already gone
+    }
+  }
+  try {
+    kill(pid, "SIGKILL");
+  } catch {
+    // already exited
+  }
+}
+
+export class ExecSync {
+  /** Exec processes running now (pid → exit), so shutdown can kill and reap them. */
+  private readonly running = new Map<number, Promise<ExitInfo>>();
+
+  constructor(
+    private readonly config: ServerConfig,
+    private readonly reaper: ChildReaper,
+    private readonly log: Logger,
+  ) {}
+
+  private runtimeConfig(): RuntimeConfig {
+    return { runtimePath: this.config.runtime, runtimeRoot: this.config.runtimeRoot, logLevel: this.config.logLevel };
+  }
+
+  readonly handle = async (params: any, results: any): Promise<void> => {
+    const req = params.request;
+    const envVars: Record<string, string> = {};
+    for (let i = 0; i < req.envVars.length; i++) envVars[req.envVars.get(i).key] = req.envVars.get(i).value;
+    const result = await this.run({
+      id: req.id,
+      command: texts(req.command),
+      timeoutSec: Number(req.timeoutSec),
+      terminal: req.terminal,
+      env: envVars,
+      systemdCgroup: req.cgroupManager === Conmon_CgroupManager.SYSTEMD,
+    });
+    const res = results._initResponse();
+    res.exitCode = result.exitCode;
+    res.timedOut = result.timedOut;
+    if (result.stdout.byteLength > 0) res._initStdout(result.stdout.byteLength).copyBuffer(result.stdout);
+    if (result.stderr.byteLength > 0) res._initStderr(result.stderr.byteLength).copyBuffer(result.stderr);
+  };
+
+  async run(opts: {
+    id: string;
+    command: string[];
+    timeoutSec: number;
+    terminal: boolean;
+    env: Record<string, string>;
+    systemdCgroup: boolean;
+  }): Promise<ExecResult> {
+    const pidFile = join(this.config.runtimeDir, `exec_sync${randomUUID()}pid`);
+    const out = { stdout: new CappedBuffer(), stderr: new CappedBuffer() };
+    const failed = (): ExecResult => ({ exitCode: EXIT_CODE_RUNTIME_FAILED, stdout: new Uint8Array(), stderr: new Uint8Array(), timedOut: false });
+    let io: ContainerIO | undefined;
+    try {
+      io = opts.terminal ? await ContainerIO.terminal({ stdin: false, log: this.log }) : ContainerIO.streams({ stdin: false, log: this.log });
+      io.subscribe({
+        onData: (stream: StreamName, chunk: Uint8Array) => out[stream].push(chunk),
+        onEnd() {},
+      });
+      const argv = [
+        this.config.runtime,
+        ...execArgs(this.runtimeConfig(), { id: opts.id, command: opts.command, systemdCgroup: opts.systemdCgroup, pidFile, consoleSocket: io.consoleSocketPath }),
+      ];
+      const [, stdoutFd, stderrFd] = io.childStdio;
+      const proc = spawnTracked(argv, {
+        env: { ...process.env, ...opts.env },
+        stdio: ["ignore", io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd] as any,
+      });
+      io.afterSpawn();
+      if (io.terminal) {
+        try {
+          await io.waitForPty(proc.exited);
+        } catch (err) {
+          this.log.warn(`exec in ${opts.id}: ${errorChain(err)}`);
+          await proc.exited;
+          return failed();
+        }
+      }
+      io.start();
+      const runtimeStatus = await proc.exited;
+      if (runtimeStatus !== 0) {
+        this.log.warn(`exec in ${opts.id}: runtime exec exited with ${runtimeStatus}`);
+        return failed();
+      }
+      let pid: number;
+      try {
+        pid = Number(readFileSync(pidFile, "utf8").trim());
+      } catch (err) {
+        this.log.warn(`exec in ${opts.id}: read exec pid file: ${errorChain(err)}`);
+        return failed();
+      }
+      const exited = this.track(pid);
+      const deadline = opts.timeoutSec > 0 ? Bun.sleep(opts.timeoutSec * 1000).then(() => "timeout" as const) : undefined;
+      const first = await (deadline ? Promise.race([exited, deadline]) : exited);
+      if (first === "timeout") {
+        killTree(pid);
+        return { exitCode: EXIT_CODE_TIMEOUT, stdout: out.stdout.bytes(), stderr: out.stderr.bytes(), timedOut: true };
+      }
+      await Promise.race([io.ended, Bun.sleep(OUTPUT_DRAIN_MS)]);
+      return { exitCode: first.code, stdout: out.stdout.bytes(), stderr: out.stderr.bytes(), timedOut: false };
+    } finally {
+      rmSync(pidFile, { force: true });
+      const finished = io;
+      // Output of a killed exec may still be draining; release the pipes once it ended.
+      if (finished) void Promise.race([finished.ended, Bun.sleep(1000)]).then(() => finished.close());
+    }
+  }
+
+  /** Watches an exec process until it is reaped; shutdown waits for these. */
+  private track(pid: number): Promise<ExitInfo> {
+    const exited = this.reaper.watch(pid).catch((err): ExitInfo => {
+      this.log.error(`watch exec ${pid}: ${errorChain(err)}`);
+      return { code: -1 };
+    });
+    this.running.set(pid, exited);
+    void exited.then(() => this.running.delete(pid));
+    return exited;
+  }
+
+  /** Shutdown: kill every running exec and wait until it is reaped. */
+  async killAll(): Promise<void> {
+    for (const pid of this.running.keys()) killTree(pid);
+    await Promise.all(this.running.values());
+  }
+}
