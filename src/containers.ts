@@ -280,7 +280,8 @@ export class Containers {
       exit = { code: -1 };
     }
     // The container's output normally ends with it; a daemonized child may keep the pipe open,
-    // so wait only briefly before recording the exit.
+    // so wait only briefly before recording the exit. A pty signals nothing when closed: look now.
+    c.io.drainNow();
     await Promise.race([c.io.ended, Bun.sleep(OUTPUT_DRAIN_MS)]);
     try {
       if (oom.oomKilled()) writeOomFiles(c.oomExitPaths, this.log);

@@ -170,6 +170,7 @@ export class ExecSync {
         killTree(pid);
         return { exitCode: EXIT_CODE_TIMEOUT, stdout: out.stdout.bytes(), stderr: out.stderr.bytes(), timedOut: true };
       }
+      io.drainNow();
       await Promise.race([io.ended, Bun.sleep(OUTPUT_DRAIN_MS)]);
       return { exitCode: first.code, stdout: out.stdout.bytes(), stderr: out.stderr.bytes(), timedOut: false };
     } finally {
