@@ -13,7 +13,8 @@ import { errorChain, withContext } from "./errors.ts";
 import { runCleanupCommand, writeExitFiles, writeOomFiles } from "./exit-files.ts";
 import type { Logger } from "./logger.ts";
 import { OomWatcher } from "./oom-watcher.ts";
-import { createArgs, type RuntimeConfig } from "./runtime-args.ts";
+import { createArgs } from "./runtime-args.ts";
+import { runtimeConfig } from "./runtime.ts";
 import { closeQuietly } from "../ffi/fd.ts";
 import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager, Conmon_LogDriver_Type } from "../schema/conmon.ts";
@@ -113,9 +114,7 @@ export class Containers {
     return [...this.byId.values()];
   }
 
-  runtimeConfig(): RuntimeConfig {
-    return { runtimePath: this.config.runtime, runtimeRoot: this.config.runtimeRoot, logLevel: this.config.logLevel };
-  }
+
 
   /** The createContainer RPC. */
   readonly handleCreate = async (params: any, results: any): Promise<void> => {
@@ -154,7 +153,7 @@ export class Containers {
       const pid = await this.runCreate(io, log, {
         id,
         bundlePath,
-        argv: createArgs(this.runtimeConfig(), {
+        argv: createArgs(runtimeConfig(this.config), {
           id,
           bundlePath,
           systemdCgroup,

@@ -10,7 +10,8 @@ import { ChildReaper, spawnTracked, type ExitInfo } from "./child-reaper.ts";
 import { ContainerIO, type StreamName } from "./container-io.ts";
 import { errorChain } from "./errors.ts";
 import type { Logger } from "./logger.ts";
-import { execArgs, type RuntimeConfig } from "./runtime-args.ts";
+import { execArgs } from "./runtime-args.ts";
+import { runtimeConfig } from "./runtime.ts";
 import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager } from "../schema/conmon.ts";
 
@@ -90,9 +91,7 @@ export class ExecSync {
     private readonly log: Logger,
   ) {}
 
-  private runtimeConfig(): RuntimeConfig {
-    return { runtimePath: this.config.runtime, runtimeRoot: this.config.runtimeRoot, logLevel: this.config.logLevel };
-  }
+
 
   readonly handle = async (params: any, results: any): Promise<void> => {
     const req = params.request;
@@ -133,7 +132,7 @@ export class ExecSync {
       });
       const argv = [
         this.config.runtime,
-        ...execArgs(this.runtimeConfig(), { id: opts.id, command: opts.command, systemdCgroup: opts.systemdCgroup, pidFile, consoleSocket: io.consoleSocketPath }),
+        ...execArgs(runtimeConfig(this.config), { id: opts.id, command: opts.command, systemdCgroup: opts.systemdCgroup, pidFile, consoleSocket: io.consoleSocketPath }),
       ];
       const [, stdoutFd, stderrFd] = io.childStdio;
       const proc = spawnTracked(argv, {

@@ -41,8 +41,11 @@ function systemdSink(): Sink {
       try {
         if (journal.send([["PRIORITY", String(PRIORITY[level])], ["MESSAGE", `${level.toUpperCase()} ${line}\n`]])) return;
       } catch {
-        // fall through to stderr
+        // journald is there but its queue stayed full: lose this line rather than block or
+        // switch destinations for good.
+        return;
       }
+      // No journald listens: stderr from now on (upstream's behaviour when the socket is absent).
       journal.close();
       journal = undefined;
     }

@@ -13,6 +13,11 @@ export type RuntimeConfig = {
   runtimeRoot?: string;
   /** The server's own log level; only consulted for crun. */
   logLevel: LogLevel;
+  /**
+   * Whether this crun understands `--log-level` (crun < 1.9, e.g. Debian 12's 1.8.1, exits 64 on
+   * it). Default true, as upstream assumes; the server probes the binary once.
+   */
+  crunAcceptsLogLevel?: boolean;
 };
 
 export type DefaultArgsOptions = {
@@ -70,7 +75,7 @@ export function defaultArgs(cfg: RuntimeConfig, opts: DefaultArgsOptions): strin
   if (isCrun(cfg.runtimePath)) {
     args.push(`--log=journald:${opts.containerId}`);
     const level = crunLogLevelFlag(cfg.logLevel);
-    if (level !== undefined) args.push(level);
+    if (level !== undefined && cfg.crunAcceptsLogLevel !== false) args.push(level);
   }
   args.push(...rootAndCgroupFlags(cfg, opts.systemdCgroup));
   return args;
