@@ -8,6 +8,7 @@ import { makeBundle, type BundleOptions } from "../helpers/bundle.ts";
 import { childrenOf, openFdCount, removeDir, tmpDir, uniqueId, waitFor, waitForFile, zombieChildren } from "../helpers/proc.ts";
 import { runtimes, spawnPrefix, type Runtime } from "../helpers/runtimes.ts";
 import { startServer, type TestServer } from "../helpers/server.ts";
+import { ensureJournald, fieldText, journalEntries, waitForEntries, type Journald } from "../helpers/journald.ts";
 
 const CRI_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z) (stdout|stderr) ([FP]) (.*)$/;
 
@@ -337,6 +338,49 @@ describe.each(runtimes())("containers with $name", (rt: Runtime) => {
       await runtime("delete", "--force", id);
       await bundle.cleanup();
       await own.stop();
+    }
+  });
+});
+
+describe("journald", () => {
+  let journald: Journald;
+  let server: TestServer;
+  let work: string;
+  beforeAll(async () => {
+    journald = await ensureJournald();
+    if (!journald.available) console.warn(`journald container tests skipped: ${journald.reason}`);
+    work = tmpDir("ctr-journald");
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await journald?.stop();
+    removeDir(work);
+  });
+
+  test("journald driver: a container's lines arrive from conmonrs with its id and stream", async () => {
+    if (!journald.available) return;
+    const runc = runtimes().find((r) => r.name === "runc")!;
+    // The server's own log goes to journald too (--log-driver systemd).
+    server = await startServer(runc, { runtimeRoot: join(work, "root"), logDriver: "systemd", logLevel: "debug" });
+    const id = uniqueId("jd-");
+    const bundle = await makeBundle({ args: ["sh", "-c", "echo to-journal; echo err-journal >&2"] });
+    const exitFile = join(work, "exit");
+    try {
+      await server.client.createContainer({ id, bundlePath: bundle.dir, exitPaths: [exitFile], logDrivers: [{ type: "journald" }], cgroupManager: CgroupManager.cgroupfs });
+      const start = Bun.spawnSync([runc.path, `--root=${join(work, "root")}`, "start", id]);
+      expect(start.exitCode).toBe(0);
+      expect(await waitForFile(exitFile, 10_000)).toBe("0");
+      const entries = await waitForEntries(`CONTAINER_ID_FULL=${id}`, 2);
+      expect(entries.map((e) => [fieldText(e.MESSAGE), e.CONTAINER_STREAM, e._COMM]).sort()).toEqual([
+        ["err-journal\n", "stderr", "conmonrs"],
+        ["to-journal\n", "stdout", "conmonrs"],
+      ]);
+      // The server's own log lines carry _COMM=conmonrs as well.
+      const own = journalEntries(`_PID=${server.client.pid}`).map((e) => fieldText(e.MESSAGE) ?? "");
+      expect(own.some((m) => m.includes(`Registered container ${id}`))).toBe(true);
+    } finally {
+      Bun.spawnSync([runc.path, `--root=${join(work, "root")}`, "delete", "--force", id]);
+      await bundle.cleanup();
     }
   });
 });
