@@ -3,6 +3,8 @@
 //   2. build a busybox bundle
 //   3. create the container through the RPC, start it with the runtime
 //   4. exec into it (exec-sync) and show the CRI log and the exit file
+// DEMO_RUNTIME=/usr/bin/crun picks crun (on a hybrid-cgroup host crun needs a private mount
+// namespace without /sys/fs/cgroup/unified; see docs/usage.md).
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -68,19 +70,16 @@ try {
   say(`${runtimePath} start ${id}`);
   await run([runtimePath, `--root=${join(work, "runtime-root")}`, "start", id]);
 
-  const exec = (client as any).execSyncContainer?.bind(client);
-  if (exec) {
-    say("execSyncContainer: uname -a inside the container");
-    const r = await exec({ id, command: ["uname", "-a"], timeoutSec: 5, cgroupManager: CgroupManager.cgroupfs });
-    console.log(`    exit ${r.exitCode}: ${new TextDecoder().decode(r.stdout).trim()}`);
-  }
+  say("execSyncContainer: uname -a inside the container");
+  const r = await client.execSyncContainer({ id, command: ["uname", "-a"], timeoutSec: 5, cgroupManager: CgroupManager.cgroupfs });
+  console.log(`    exit ${r.exitCode}: ${new TextDecoder().decode(r.stdout).trim()}`);
 
   say("Waiting for the container to exit");
   while (!existsSync(exitPath)) await Bun.sleep(20);
   console.log(`    exit file ${exitPath}: ${readFileSync(exitPath, "utf8")}`);
 
   say(`CRI log ${logPath}`);
-  process.stdout.write(readFileSync(logPath, "utf8").replace(/^/gm, "    "));
+  process.stdout.write(`${readFileSync(logPath, "utf8").trimEnd().replace(/^/gm, "    ")}\n`);
 } finally {
   say("Stopping the monitor and cleaning up");
   await Bun.spawn([runtimePath, `--root=${join(work, "runtime-root")}`, "delete", "--force", id], { stdio: ["ignore", "ignore", "ignore"] }).exited;
