@@ -38,6 +38,8 @@ export type Invocation =
   | { kind: "help"; text: Promise<string> }
   | { kind: "version"; json: boolean; full: boolean }
   | { kind: "pause"; config: PauseConfig }
+  /** `conmonrs client ...`: the operator CLI talking to a running server (src/operator-cli.ts). */
+  | { kind: "client"; args: string[] }
   | { kind: "server"; config: ServerConfig };
 
 /** A command-line mistake: printed to stderr, exit status 2 (clap's convention). */
@@ -217,6 +219,7 @@ export function parseCommandLine(args: string[], env: Record<string, string | un
   const get = (name: string) => resolve(parsed, specOf(SERVER_SPECS, name), env);
 
   if (rest.length > 0) {
+    if (rest[0] === "client") return { kind: "client", args: rest.slice(1) };
     if (rest[0] !== "pause") throw new UsageError(`error: unrecognized subcommand '${rest[0]}'${USAGE_HINT}`);
     return parsePause(rest.slice(1), env);
   }

@@ -41,6 +41,10 @@ async function main(): Promise<void> {
       }
       process.exit(0);
     }
+    case "client": {
+      const { runOperatorCli } = await import("./operator-cli.ts");
+      process.exit(await runOperatorCli(invocation.args));
+    }
     case "server":
       if (invocation.config.skipFork) {
         try {
