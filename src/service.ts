@@ -25,7 +25,7 @@ export function conmonService(handlers: Partial<Record<MethodName, Handler>>): R
     const handler = handlers[method.methodName as MethodName];
     if (!handler) return undefined;
     return {
-      name: method.methodName,
+      name: method.methodName ?? `method ${method.methodId}`,
       ParamsClass: method.ParamsClass as any,
       ResultsClass: method.ResultsClass as any,
       handler,

@@ -209,3 +209,14 @@ describe("bundlePidFile", () => {
     test(`${JSON.stringify(bundle)} → ${want}`, () => expect(bundlePidFile(bundle)).toBe(want));
   }
 });
+
+describe("crun without --log-level support", () => {
+  test("the log-level flag is left out, --log=journald stays", () => {
+    const cfg = { runtimePath: "/usr/bin/crun", logLevel: "debug" as const, crunAcceptsLogLevel: false };
+    expect(defaultArgs(cfg, { containerId: "ID", systemdCgroup: false })).toEqual(["--log=journald:ID"]);
+    expect(defaultArgs({ ...cfg, crunAcceptsLogLevel: true }, { containerId: "ID", systemdCgroup: false })).toEqual([
+      "--log=journald:ID",
+      "--log-level=debug",
+    ]);
+  });
+});
