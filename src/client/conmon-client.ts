@@ -132,6 +132,21 @@ export class ConmonClient {
     return client;
   }
 
+  /**
+   * Connects to the server already serving `serverRunDir` and never starts one (operator tools
+   * must not spawn a monitor by accident). Rejects with the connect/RPC error when none answers.
+   */
+  static async connect(serverRunDir: string, options: { cgroupManager?: CgroupManager } = {}): Promise<ConmonClient> {
+    const client = new ConmonClient({ runtime: "", serverRunDir, ...options }, 0);
+    try {
+      client.serverPid = (await client.version()).processId;
+    } catch (err) {
+      client.resetConnection();
+      throw err;
+    }
+    return client;
+  }
+
   /** The long-lived server's pid. */
   get pid(): number {
     return this.serverPid;
