@@ -12,6 +12,7 @@ import { handleVersion } from "./version.ts";
 import { ChildReaper } from "./child-reaper.ts";
 import { Containers } from "./containers.ts";
 import { ExecSync } from "./exec-sync.ts";
+import { FdSocket } from "./fd-socket.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
 
@@ -128,6 +129,11 @@ export function runServer(config: ServerConfig): Server {
   server.handle("reopenLogContainer", containers.handleReopenLog);
   server.handle("attachContainer", containers.handleAttach);
   server.handle("setWindowSizeContainer", containers.handleSetWindowSize);
+  // startFdSocket: the slots it fills are what createContainer's additionalFds/leakFds take.
+  const fdSocket = new FdSocket(join(config.runtimeDir, FD_SOCKET_NAME), server.logger);
+  containers.fdStore = fdSocket;
+  server.handle("startFdSocket", fdSocket.handleStart);
+  server.onShutdown(() => fdSocket.close());
   const execSync = new ExecSync(config, reaper, server.logger);
   server.handle("execSyncContainer", execSync.handle);
   server.onShutdown(() => Promise.all([containers.killAll(), execSync.killAll()]).then(() => {}));
