@@ -12,6 +12,7 @@ import { handleVersion } from "./version.ts";
 import { ChildReaper } from "./child-reaper.ts";
 import { Containers } from "./containers.ts";
 import { ExecSync } from "./exec-sync.ts";
+import { Namespaces } from "./namespaces.ts";
 import { FdSocket } from "./fd-socket.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
@@ -137,6 +138,10 @@ export function runServer(config: ServerConfig): Server {
   const execSync = new ExecSync(config, reaper, server.logger);
   server.handle("execSyncContainer", execSync.handle);
   server.onShutdown(() => Promise.all([containers.killAll(), execSync.killAll()]).then(() => {}));
+  // createNamespaces: one pause per pod; its pins go after the containers that joined them.
+  const namespaces = new Namespaces(server.logger);
+  server.handle("createNamespaces", namespaces.handle);
+  server.onShutdown(() => namespaces.stopAll());
   server.start();
   return server;
 }
