@@ -2,6 +2,7 @@
 // by the `version` RPC. Upstream's rustc/cargo fields carry the Bun runtime and package manager.
 
 import pkg from "../package.json" with { type: "json" };
+import { EncodedResults, replyWith } from "./rpc/results.ts";
 
 export interface BuildInfo {
   version: string;
@@ -87,11 +88,27 @@ export function versionJson(full: boolean): string {
   });
 }
 
-/** The `version` RPC (ordinal 0): `processId` is the long-lived server's pid. */
+/**
+ * The `version` RPC (ordinal 0): `processId` is the long-lived server's pid. Nothing in the answer
+ * changes during the process's life, so each variant (verbose or not) is encoded on its first
+ * call and those bytes are sent again afterwards (version is what health checks call).
+ */
 export function handleVersion(params: any, results: any): void {
   const verbose: boolean = params.request.verbose;
+  const cached = versionReplies[verbose ? 1 : 0];
+  if (cached) {
+    replyWith(results, cached);
+    return;
+  }
+  fillVersion(results._initResponse(), verbose);
+  versionReplies[verbose ? 1 : 0] = EncodedResults.capture(results);
+}
+
+/** Encoded version results: [plain, verbose]. */
+const versionReplies: [EncodedResults | undefined, EncodedResults | undefined] = [undefined, undefined];
+
+function fillVersion(response: any, verbose: boolean): void {
   const v = buildInfo();
-  const response = results._initResponse();
   response.processId = process.pid;
   response.version = v.version;
   response.tag = v.tag;

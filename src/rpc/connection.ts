@@ -1,19 +1,43 @@
 // The rpc.capnp level-0 protocol as a server that exports one capability (the bootstrap `Conmon`)
 // and never calls its peer. capnp-es's own `Conn` fails against real peers (see docs/compat.md),
-// so only capnp-es's serialization is used here.
+// so only capnp-es's serialization is used here, and only where handlers need it.
 //
 // Transport-agnostic: bytes go in through `receive()`, bytes come out through `transport.write()`.
 // That keeps the state machine testable with tables of messages.
+//
+// Hot path (docs/performance.md): the envelope of Bootstrap, Call, Finish and Release is decoded
+// by hand straight from the received bytes (envelope.ts); only a call's params go through
+// capnp-es. Returns are written by hand into one output buffer around the results message the
+// handler filled, and everything produced while handling one received chunk goes out in a
+// single transport write. Rare messages (Abort, Unimplemented, unknown kinds) use capnp-es.
 
-import { Message, utils, type Pointer, type Struct } from "capnp-es";
-import {
-  Message as RpcMessage,
-  MessageTarget,
-  Exception_Type,
-  type Call,
-} from "capnp-es/capnp/rpc";
+import { Message, Pointer, utils, type Struct } from "capnp-es";
+import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { FrameDecoder, FramingError } from "./framing.ts";
+import { FrameReader, OutBuffer } from "./wire.ts";
+import {
+  Envelope,
+  MSG_ABORT,
+  MSG_BOOTSTRAP,
+  MSG_CALL,
+  MSG_FINISH,
+  MSG_RELEASE,
+  MSG_RETURN,
+  MSG_UNIMPLEMENTED,
+  TARGET_IMPORTED_CAP,
+  TARGET_PROMISED_ANSWER,
+  parseEnvelope,
+  writeAbort,
+  writeBootstrapReturn,
+  writeExceptionReturn,
+  writeFrame,
+  writeResultsReturn,
+} from "./envelope.ts";
+import { resultsToSend } from "./results.ts";
+import { newMessage, readFrame } from "./messages.ts";
 import { errorChain } from "../errors.ts";
+
+export { EncodedResults, replyWith } from "./results.ts";
 
 type StructClass<T extends Struct = Struct> = (new (...args: any[]) => T) & {
   readonly _capnp: { displayName: string; id: string; size: any };
@@ -35,6 +59,10 @@ export interface RpcService {
 }
 
 export interface RpcTransport {
+  /**
+   * Sends `bytes` (one or more whole frames, or the rest of one). The connection reuses the
+   * memory behind `bytes` once this returns: anything kept for later must be copied.
+   */
   write(bytes: Uint8Array): void;
   close(): void;
 }
@@ -56,13 +84,6 @@ export class RpcException extends Error {
   }
 }
 
-const EXCEPTION_TYPE: Record<ExceptionType, number> = {
-  failed: Exception_Type.FAILED,
-  overloaded: Exception_Type.OVERLOADED,
-  disconnected: Exception_Type.DISCONNECTED,
-  unimplemented: Exception_Type.UNIMPLEMENTED,
-};
-
 interface Answer {
   readonly bootstrap: boolean;
   /** Our Return has been sent (or dropped because the connection closed). */
@@ -74,11 +95,22 @@ interface Answer {
 /** The export id under which the bootstrap capability is handed out on every connection. */
 const BOOTSTRAP_EXPORT_ID = 0;
 
+/** Results bodies from this size on are written straight from the results message, not copied. */
+const LARGE_RESULTS_BYTES = 64 * 1024;
+
 export class RpcConnection {
   private readonly decoder = new FrameDecoder();
+  private readonly reader = new FrameReader();
+  private readonly envelope = new Envelope();
+  private readonly out = new OutBuffer();
   private readonly answers = new Map<number, Answer>();
+  private readonly interfaceIdLo: number;
+  private readonly interfaceIdHi: number;
   private bootstrapExported = false;
   private closed = false;
+  /** Inside receive(): output waits for the end of the chunk and goes out in one write. */
+  private receiving = false;
+  private flushQueued = false;
   /** Calls whose handler is still running; for tests and for shutdown bookkeeping. */
   inFlight = 0;
 
@@ -86,7 +118,10 @@ export class RpcConnection {
     private readonly service: RpcService,
     private readonly transport: RpcTransport,
     private readonly log: RpcLog,
-  ) {}
+  ) {
+    this.interfaceIdLo = Number(service.interfaceId & 0xffffffffn);
+    this.interfaceIdHi = Number((service.interfaceId >> 32n) & 0xffffffffn);
+  }
 
   get isClosed(): boolean {
     return this.closed;
@@ -97,21 +132,18 @@ export class RpcConnection {
     return this.answers.size;
   }
 
-  /** Feed bytes read from the socket. */
+  /** Feed bytes read from the socket. `chunk` is not kept (whatever must outlive the call is copied). */
   receive(chunk: Uint8Array): void {
     if (this.closed) return;
-    let frames: ArrayBuffer[];
+    this.receiving = true;
     try {
-      frames = this.decoder.push(chunk);
+      this.decoder.decode(chunk, this.onFrame);
     } catch (err) {
-      const reason = err instanceof FramingError ? err.message : `framing: ${errorChain(err)}`;
-      this.abort(reason);
-      return;
+      this.abort(err instanceof FramingError ? err.message : `framing: ${errorChain(err)}`);
+    } finally {
+      this.receiving = false;
     }
-    for (const frame of frames) {
-      if (this.closed) return;
-      this.handleFrame(frame);
-    }
+    this.flush();
   }
 
   /** The transport is gone: forget every answer; running handlers finish and their results are dropped. */
@@ -119,50 +151,74 @@ export class RpcConnection {
     if (this.closed) return;
     this.closed = true;
     this.answers.clear();
+    this.out.clear();
   }
 
-  private handleFrame(frame: ArrayBuffer): void {
-    let msg: RpcMessage;
-    let which: number;
+  private readonly onFrame = (dv: DataView, start: number, length: number): boolean => {
+    this.handleFrame(dv, start, length);
+    return !this.closed;
+  };
+
+  private readonly flushTask = (): void => {
+    this.flushQueued = false;
+    this.flush();
+  };
+
+  private handleFrame(dv: DataView, start: number, length: number): void {
+    const env = this.envelope;
     try {
-      msg = new Message(frame, false).getRoot(RpcMessage);
-      which = msg.which();
+      this.reader.reset(dv, start, length);
+      parseEnvelope(this.reader, env);
     } catch (err) {
-      this.abort(`malformed message: ${errorChain(err)}`);
+      this.abort(`malformed ${env.which < 0 ? "" : `${messageName(env.which)} `}message: ${errorChain(err)}`);
       return;
     }
+    const which = env.which;
     try {
       switch (which) {
-        case RpcMessage.BOOTSTRAP:
-          this.handleBootstrap(msg.bootstrap.questionId);
+        case MSG_BOOTSTRAP:
+          this.handleBootstrap(env.questionId);
           break;
-        case RpcMessage.CALL:
-          this.handleCall(msg.call);
+        case MSG_CALL:
+          this.handleCall(env, dv, start, length);
           break;
-        case RpcMessage.FINISH:
-          this.handleFinish(msg.finish.questionId);
+        case MSG_FINISH:
+          this.handleFinish(env.questionId);
           break;
-        case RpcMessage.RELEASE:
+        case MSG_RELEASE:
           // The Conmon capability is a process-wide singleton: it stays valid for the whole
           // connection however often the peer releases it, so there is nothing to free.
           break;
-        case RpcMessage.ABORT:
-          this.log.debug(`peer aborted the connection: ${safeReason(() => msg.abort.reason)}`);
-          this.closeTransport();
-          break;
-        case RpcMessage.UNIMPLEMENTED:
-          // The peer did not understand something we sent; we only send Return/Abort, so log it.
-          this.log.warn("peer answered a message with Unimplemented");
-          break;
-        case RpcMessage.RETURN:
-          // We never ask questions, so no Return can be valid.
-          this.abort(`received Return for unknown question ${msg.return.answerId}`);
-          break;
         default:
-          this.sendUnimplemented(msg);
+          this.handleRare(which, frameBytes(dv, start, length));
       }
     } catch (err) {
       this.abort(`malformed ${messageName(which)} message: ${errorChain(err)}`);
+    }
+  }
+
+  /** Messages off the hot path, read with capnp-es. */
+  private handleRare(which: number, frame: Uint8Array): void {
+    const msg = new Message(frame, false).getRoot(RpcMessage);
+    switch (which) {
+      case MSG_ABORT:
+        this.log.debug(`peer aborted the connection: ${safeReason(() => msg.abort.reason)}`);
+        this.closeTransport();
+        break;
+      case MSG_UNIMPLEMENTED:
+        // The peer did not understand something we sent; we only send Return/Abort, so log it.
+        this.log.warn("peer answered a message with Unimplemented");
+        break;
+      case MSG_RETURN:
+        // We never ask questions, so no Return can be valid.
+        this.abort(`received Return for unknown question ${msg.return.answerId}`);
+        break;
+      default: {
+        const reply = new Message();
+        reply.initRoot(RpcMessage).unimplemented = msg;
+        writeFrame(this.out, new Uint8Array(reply.toArrayBuffer()));
+        this.queueFlush();
+      }
     }
   }
 
@@ -173,18 +229,12 @@ export class RpcConnection {
     }
     this.answers.set(questionId, { bootstrap: true, returned: true, finished: false });
     this.bootstrapExported = true;
-    const out = new Message();
-    const ret = out.initRoot(RpcMessage)._initReturn();
-    ret.answerId = questionId;
-    ret.releaseParamCaps = false;
-    const payload = ret._initResults();
-    utils.setInterfacePointer(0, payload.content);
-    payload._initCapTable(1).get(0).senderHosted = BOOTSTRAP_EXPORT_ID;
-    this.send(out);
+    writeBootstrapReturn(this.out, questionId, BOOTSTRAP_EXPORT_ID);
+    this.queueFlush();
   }
 
-  private handleCall(call: Call): void {
-    const questionId = call.questionId;
+  private handleCall(env: Envelope, dv: DataView, start: number, length: number): void {
+    const questionId = env.questionId;
     if (this.answers.has(questionId)) {
       this.abort(`call question ID ${questionId} already in use`);
       return;
@@ -192,23 +242,16 @@ export class RpcConnection {
     const answer: Answer = { bootstrap: false, returned: false, finished: false };
     this.answers.set(questionId, answer);
 
-    const method = this.resolveMethod(call);
+    const method = this.resolveMethod(env);
     if (method instanceof RpcException) {
       this.sendException(questionId, answer, method);
       return;
     }
     let params: Struct;
-    let out: Message;
     let results: Struct;
     try {
-      params = readStruct(call.params.content, method.ParamsClass);
-      out = new Message();
-      const ret = out.initRoot(RpcMessage)._initReturn();
-      ret.answerId = questionId;
-      ret.releaseParamCaps = false;
-      const content = ret._initResults().content;
-      utils.initStruct(method.ResultsClass._capnp.size, content);
-      results = utils.getAs(method.ResultsClass, content);
+      params = readParams(env, dv, start, length, method.ParamsClass);
+      results = newMessage().initRoot(method.ResultsClass);
     } catch (err) {
       this.sendException(questionId, answer, new RpcException(`${method.name}: read params: ${errorChain(err)}`));
       return;
@@ -224,13 +267,13 @@ export class RpcConnection {
     }
     if (!(settled instanceof Promise)) {
       this.inFlight--;
-      this.sendReturn(questionId, answer, out);
+      this.sendReturn(questionId, answer, results);
       return;
     }
     settled.then(
       () => {
         this.inFlight--;
-        this.sendReturn(questionId, answer, out);
+        this.sendReturn(questionId, answer, results);
       },
       (err) => {
         this.inFlight--;
@@ -240,38 +283,37 @@ export class RpcConnection {
   }
 
   /** Finds the method a Call targets, or the exception to answer with. */
-  private resolveMethod(call: Call): RpcMethod | RpcException {
-    const target = call.target;
-    switch (target.which()) {
-      case MessageTarget.IMPORTED_CAP: {
-        const id = target.importedCap;
+  private resolveMethod(env: Envelope): RpcMethod | RpcException {
+    switch (env.targetWhich) {
+      case TARGET_IMPORTED_CAP: {
+        const id = env.importedCap;
         if (!this.bootstrapExported || id !== BOOTSTRAP_EXPORT_ID) {
           return new RpcException(`call targets unknown export ID ${id}`);
         }
         break;
       }
-      case MessageTarget.PROMISED_ANSWER: {
+      case TARGET_PROMISED_ANSWER: {
         // go-capnp and C++ pipeline their first calls on the bootstrap question before its Return.
-        const promised = target.promisedAnswer;
-        const answer = this.answers.get(promised.questionId);
-        if (!answer) return new RpcException(`call targets unknown question ${promised.questionId}`);
-        if (!answer.bootstrap || promised.transform.length > 0) {
-          return new RpcException(`call targets question ${promised.questionId}, whose result holds no capability`);
+        const question = env.promisedQuestion;
+        const answer = this.answers.get(question);
+        if (!answer) return new RpcException(`call targets unknown question ${question}`);
+        if (!answer.bootstrap || env.transformLength > 0) {
+          return new RpcException(`call targets question ${question}, whose result holds no capability`);
         }
         break;
       }
       default:
         return new RpcException("call target type not implemented", "unimplemented");
     }
-    if (call.interfaceId !== this.service.interfaceId) {
+    if (env.interfaceIdLo !== this.interfaceIdLo || env.interfaceIdHi !== this.interfaceIdHi) {
       return new RpcException(
-        `interface 0x${call.interfaceId.toString(16)} not implemented (only ${this.service.interfaceName})`,
+        `interface 0x${env.interfaceId.toString(16)} not implemented (only ${this.service.interfaceName})`,
         "unimplemented",
       );
     }
-    const method = this.service.methods[call.methodId];
+    const method = this.service.methods[env.methodId];
     if (!method) {
-      return new RpcException(`method ${call.methodId} not implemented by ${this.service.interfaceName}`, "unimplemented");
+      return new RpcException(`method ${env.methodId} not implemented by ${this.service.interfaceName}`, "unimplemented");
     }
     return method;
   }
@@ -287,21 +329,33 @@ export class RpcConnection {
     else answer.finished = true;
   }
 
-  private sendReturn(questionId: number, answer: Answer, out: Message): void {
+  private sendReturn(questionId: number, answer: Answer, results: Struct): void {
     if (!this.settle(questionId, answer)) return;
-    this.send(out);
+    let segments: readonly Uint8Array[];
+    try {
+      segments = resultsToSend(results.segment.message);
+    } catch (err) {
+      this.sendException(questionId, answer, new Error("encode results", { cause: err }), true);
+      return;
+    }
+    if (segments.length === 1 && segments[0]!.byteLength >= LARGE_RESULTS_BYTES) {
+      // Everything buffered so far goes first, then the body straight from the results message.
+      writeResultsReturn(this.out, questionId, segments, this.sendBody);
+    } else {
+      writeResultsReturn(this.out, questionId, segments);
+    }
+    this.queueFlush();
   }
 
-  private sendException(questionId: number, answer: Answer, err: unknown): void {
-    if (!this.settle(questionId, answer)) return;
-    const out = new Message();
-    const ret = out.initRoot(RpcMessage)._initReturn();
-    ret.answerId = questionId;
-    ret.releaseParamCaps = false;
-    const exception = ret._initException();
-    exception.reason = errorChain(err);
-    exception.type = EXCEPTION_TYPE[err instanceof RpcException ? err.type : "failed"];
-    this.send(out);
+  private readonly sendBody = (body: Uint8Array): void => {
+    this.flush();
+    if (!this.closed) this.transport.write(body);
+  };
+
+  private sendException(questionId: number, answer: Answer, err: unknown, settled = false): void {
+    if (!settled && !this.settle(questionId, answer)) return;
+    writeExceptionReturn(this.out, questionId, err instanceof RpcException ? err.type : "failed", errorChain(err));
+    this.queueFlush();
   }
 
   /** Marks an answer returned; false if the Return must be dropped (connection gone). */
@@ -312,37 +366,52 @@ export class RpcConnection {
     return true;
   }
 
-  private sendUnimplemented(msg: RpcMessage): void {
-    const out = new Message();
-    out.initRoot(RpcMessage).unimplemented = msg;
-    this.send(out);
-  }
-
   /** Protocol violation: tell the peer why, then drop this connection only. */
   private abort(reason: string): void {
     if (this.closed) return;
     this.log.warn(`aborting RPC connection: ${reason}`);
-    try {
-      const out = new Message();
-      const exception = out.initRoot(RpcMessage)._initAbort();
-      exception.reason = reason;
-      exception.type = Exception_Type.FAILED;
-      this.send(out);
-    } catch {
-      // Nothing more to tell a peer we cannot even encode a message for.
-    }
+    writeAbort(this.out, reason);
     this.closeTransport();
   }
 
   private closeTransport(): void {
+    // Returns already produced for earlier frames of this chunk still go out first.
+    this.flush();
     this.close();
     this.transport.close();
   }
 
-  private send(out: Message): void {
-    if (this.closed) return;
-    this.transport.write(new Uint8Array(out.toArrayBuffer()));
+  /** Output produced outside receive() (async handlers) is batched until the microtask checkpoint. */
+  private queueFlush(): void {
+    if (this.receiving || this.flushQueued) return;
+    this.flushQueued = true;
+    queueMicrotask(this.flushTask);
   }
+
+  private flush(): void {
+    if (this.closed || this.out.length === 0) return;
+    const bytes = this.out.view();
+    try {
+      this.transport.write(bytes);
+    } finally {
+      this.out.clear();
+    }
+  }
+}
+
+/** The frame as bytes; valid only while the frame is (see FrameHandler). */
+function frameBytes(dv: DataView, start: number, length: number): Uint8Array {
+  return new Uint8Array(dv.buffer, dv.byteOffset + start, length);
+}
+
+/**
+ * A call's params as `Class`, read by capnp-es from its own copy of the frame (handlers may keep
+ * params past the receive callback, the frame bytes are not ours to keep).
+ */
+function readParams<T extends Struct>(env: Envelope, dv: DataView, start: number, length: number, Class: StructClass<T>): T {
+  if (env.paramsSeg < 0) return newMessage().initRoot(Class);
+  const message = readFrame(dv, start, length);
+  return readStruct(new Pointer(message.getSegment(env.paramsSeg), env.paramsOffset), Class);
 }
 
 /**
@@ -352,7 +421,7 @@ export class RpcConnection {
 function readStruct<T extends Struct>(pointer: Pointer, Class: StructClass<T>): T {
   const size = Class._capnp.size;
   if (utils.isNull(pointer)) {
-    return new Message().initRoot(Class);
+    return newMessage().initRoot(Class);
   }
   const actual = utils.getTargetStructSize(pointer);
   if (actual.dataByteLength < size.dataByteLength || actual.pointerLength < size.pointerLength) {
@@ -363,12 +432,12 @@ function readStruct<T extends Struct>(pointer: Pointer, Class: StructClass<T>): 
 
 function messageName(which: number): string {
   const names: Record<number, string> = {
-    [RpcMessage.BOOTSTRAP]: "Bootstrap",
-    [RpcMessage.CALL]: "Call",
-    [RpcMessage.FINISH]: "Finish",
-    [RpcMessage.RELEASE]: "Release",
-    [RpcMessage.RETURN]: "Return",
-    [RpcMessage.ABORT]: "Abort",
+    [MSG_BOOTSTRAP]: "Bootstrap",
+    [MSG_CALL]: "Call",
+    [MSG_FINISH]: "Finish",
+    [MSG_RELEASE]: "Release",
+    [MSG_RETURN]: "Return",
+    [MSG_ABORT]: "Abort",
   };
   return names[which] ?? `type ${which}`;
 }

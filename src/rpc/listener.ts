@@ -6,11 +6,15 @@ import { closeSync, constants, mkdirSync, openSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
 import { RpcConnection, type RpcLog, type RpcService } from "./connection.ts";
+import { BacklogFullError, WriteQueue } from "./write-queue.ts";
+import { errorChain } from "../errors.ts";
 
 interface PeerState {
   connection: RpcConnection;
   /** Bytes the kernel did not take yet; flushed on drain. */
-  backlog: Uint8Array[];
+  backlog: WriteQueue;
+  /** The connection asked to close while replies were still queued: end once they are out. */
+  ending: boolean;
 }
 
 export interface RpcListener {
@@ -30,43 +34,78 @@ export function withShortPath<T>(path: string, fn: (shortPath: string) => T): T 
   }
 }
 
-function flush(socket: Socket<PeerState>): void {
-  const { backlog } = socket.data;
-  while (backlog.length > 0) {
-    const head = backlog[0]!;
-    const written = socket.write(head);
-    if (written === head.byteLength) {
-      backlog.shift();
-    } else {
-      if (written > 0) backlog[0] = head.subarray(written);
+/**
+ * Runs one full garbage collection once RPC traffic has stopped for a while. A burst of calls
+ * leaves the heap grown, and JSC otherwise takes tens of seconds of idling to give it back; a
+ * monitor spends most of its life idle, so that memory is what it costs per pod. The check is a
+ * flag per received chunk and one unref'd timer per burst.
+ */
+export class IdleCollector {
+  private active = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    private readonly quietMs = 2000,
+    private readonly collect: () => void = () => Bun.gc(true),
+  ) {}
+
+  /** Traffic seen. */
+  touch(): void {
+    this.active = true;
+    this.timer ??= this.arm();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private arm(): ReturnType<typeof setTimeout> {
+    const timer = setTimeout(this.check, this.quietMs);
+    timer.unref();
+    return timer;
+  }
+
+  private readonly check = (): void => {
+    if (this.active) {
+      this.active = false;
+      this.timer = this.arm();
       return;
     }
-  }
+    this.timer = undefined;
+    this.collect();
+  };
 }
 
 export function listenRpc(path: string, service: RpcService, log: RpcLog): RpcListener {
   const peers = new Set<Socket<PeerState>>();
+  const idle = new IdleCollector();
   const listener: UnixSocketListener<PeerState> = withShortPath(path, (shortPath) =>
     Bun.listen<PeerState>({
       unix: shortPath,
       socket: {
         open(socket) {
           peers.add(socket);
+          const backlog = new WriteQueue();
           socket.data = {
-            backlog: [],
+            backlog,
+            ending: false,
             connection: new RpcConnection(
               service,
               {
                 write(bytes) {
-                  if (socket.data.backlog.length > 0) {
-                    socket.data.backlog.push(bytes);
-                    return;
+                  try {
+                    backlog.write(socket, bytes);
+                  } catch (err) {
+                    if (!(err instanceof BacklogFullError)) throw err;
+                    log.warn(`dropping RPC connection: ${err.message}`);
+                    socket.terminate();
                   }
-                  const written = socket.write(bytes);
-                  if (written < bytes.byteLength) socket.data.backlog.push(bytes.subarray(Math.max(written, 0)));
                 },
                 close() {
-                  socket.end();
+                  // An Abort may still sit in the backlog; the peer should get to read why.
+                  if (backlog.pending > 0) socket.data.ending = true;
+                  else socket.end();
                 },
               },
               log,
@@ -74,18 +113,20 @@ export function listenRpc(path: string, service: RpcService, log: RpcLog): RpcLi
           };
         },
         data(socket, chunk) {
+          idle.touch();
           socket.data.connection.receive(chunk);
         },
         drain(socket) {
-          flush(socket);
+          socket.data.backlog.flush(socket);
+          if (socket.data.ending && socket.data.backlog.pending === 0) socket.end();
         },
         close(socket) {
           peers.delete(socket);
           socket.data.connection.close();
-          socket.data.backlog.length = 0;
+          socket.data.backlog.clear();
         },
-        error(socket, err) {
-          log.debug(`RPC connection error: ${err.message}`);
+        error(_socket, err) {
+          log.debug(`RPC connection error: ${errorChain(err)}`);
         },
       },
     }),
@@ -96,6 +137,7 @@ export function listenRpc(path: string, service: RpcService, log: RpcLog): RpcLi
       return peers.size;
     },
     stop() {
+      idle.stop();
       listener.stop(true);
       for (const socket of peers) socket.end();
       peers.clear();

@@ -4,6 +4,7 @@ import { Message, utils } from "capnp-es";
 import { Message as RpcMessage, Return, MessageTarget } from "capnp-es/capnp/rpc";
 import { Conmon$Client, Conmon_VersionResponse } from "../../schema/conmon.ts";
 import { RpcConnection, RpcException } from "../../src/rpc/connection.ts";
+import { FrameDecoder } from "../../src/rpc/framing.ts";
 import { conmonService } from "../../src/service.ts";
 
 const IFACE = Conmon$Client.interfaceId;
@@ -77,9 +78,11 @@ function harness(handlers: Parameters<typeof conmonService>[0] = {}) {
     r.processId = 4242;
     r.cargoTree = params.request.verbose ? "tree" : "";
   };
+  // The connection batches frames into one write per chunk received: split them again.
+  const decoder = new FrameDecoder();
   const conn = new RpcConnection(
     conmonService({ version, ...handlers }),
-    { write: (b) => out.push(describeOut(b)), close: () => closed++ },
+    { write: (b) => decoder.push(b).forEach((f) => out.push(describeOut(new Uint8Array(f)))), close: () => closed++ },
     { debug() {}, warn() {} },
   );
   return { conn, out, closedCount: () => closed, send: (...ms: In[]) => ms.forEach((m) => conn.receive(encode(m))) };

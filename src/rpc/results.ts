@@ -1,0 +1,46 @@
+// Results of a call as bytes: the segments of the capnp-es message a handler filled, spliced by
+// the connection into its hand-built Return frame (envelope.ts), and results encoded once and
+// sent again for every call whose answer cannot change (the `version` RPC).
+
+import type { Message, Struct } from "capnp-es";
+import { messageSegments, newMessage } from "./messages.ts";
+
+/** Results encoded once; sending them copies bytes and builds nothing. */
+export class EncodedResults {
+  private constructor(readonly segments: readonly Uint8Array[]) {}
+
+  /** Snapshots the message `results` lives in (a copy: later writes to it are not seen). */
+  static capture(results: Struct): EncodedResults {
+    return new EncodedResults(messageSegments(results.segment.message).map((s) => s.slice()));
+  }
+
+  /** Builds results of `ResultsClass` with `fill` and keeps their bytes. */
+  static build<T extends Struct>(ResultsClass: new (...args: any[]) => T, fill: (results: T) => void): EncodedResults {
+    const message = newMessage();
+    fill(message.initRoot(ResultsClass as any) as T);
+    return EncodedResults.capture(message.getRoot(ResultsClass as any));
+  }
+
+  get byteLength(): number {
+    let n = 0;
+    for (const s of this.segments) n += s.byteLength;
+    return n;
+  }
+}
+
+const replies = new WeakMap<Message, EncodedResults>();
+
+/**
+ * Answers the current call with `encoded` instead of what `results` holds. For handlers whose
+ * results are the same for every call (and must be identical byte for byte to what filling
+ * `results` would produce); the connection checks this after the handler settles.
+ */
+export function replyWith(results: Struct, encoded: EncodedResults): void {
+  replies.set(results.segment.message, encoded);
+}
+
+/** The segments to send for a call whose results live in `message`. */
+export function resultsToSend(message: Message): readonly Uint8Array[] {
+  const encoded = replies.get(message);
+  return encoded ? encoded.segments : messageSegments(message);
+}

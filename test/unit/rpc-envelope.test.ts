@@ -1,0 +1,532 @@
+// The hand-written envelope decoder and encoders (src/rpc/wire.ts, envelope.ts) against capnp-es,
+// the reference they replace on the hot path: many random well-formed messages, the same messages
+// re-laid out over several segments with far and double-far pointers, older and newer peers'
+// struct sizes, and mutated (hostile) frames.
+import { describe, expect, test } from "bun:test";
+import { Message, Pointer, utils } from "capnp-es";
+import { Message as RpcMessage, MessageTarget, Return } from "capnp-es/capnp/rpc";
+import { Conmon$Client, Conmon_ExecSyncContainerResponse } from "../../schema/conmon.ts";
+import {
+  Envelope,
+  parseEnvelope,
+  writeAbort,
+  writeBootstrapReturn,
+  writeExceptionReturn,
+  writeResultsReturn,
+} from "../../src/rpc/envelope.ts";
+import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
+import { messageSegments, newMessage } from "../../src/rpc/messages.ts";
+
+// ---- deterministic randomness ----------------------------------------------------------------
+
+function rng(seed: number) {
+  let s = seed >>> 0;
+  const next = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return {
+    next,
+    int: (n: number) => Math.floor(next() * n),
+    u32: () => Math.floor(next() * 4294967296),
+    bool: () => next() < 0.5,
+    pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)]!,
+  };
+}
+type Rng = ReturnType<typeof rng>;
+
+// ---- a generic re-layout of Cap'n Proto messages over many segments -----------------------------
+
+type Obj =
+  | { k: "struct"; data: Uint8Array; ptrs: (Obj | null)[] }
+  | { k: "list"; size: number; count: number; body: Uint8Array }
+  | { k: "ptrs"; items: (Obj | null)[] }
+  | { k: "composite"; dataWords: number; ptrCount: number; elems: { data: Uint8Array; ptrs: (Obj | null)[] }[] }
+  | { k: "cap"; index: number };
+
+const ELEMENT_BITS = [0, 1, 8, 16, 32, 64];
+
+/** Decodes the object tree of a single-segment message whose pointers are all near. */
+function decodeTree(seg: Uint8Array, at: number): Obj | null {
+  const dv = new DataView(seg.buffer, seg.byteOffset, seg.byteLength);
+  const lo = dv.getUint32(at, true);
+  const hi = dv.getUint32(at + 4, true);
+  if (lo === 0 && hi === 0) return null;
+  const kind = lo & 3;
+  if (kind === 3) return { k: "cap", index: hi };
+  if (kind === 2) throw new Error("source messages must be single-segment");
+  const target = at + 8 + (lo >> 2) * 8;
+  const structAt = (p: number, dataWords: number, ptrCount: number) => ({
+    data: seg.slice(p, p + dataWords * 8),
+    ptrs: Array.from({ length: ptrCount }, (_, i) => decodeTree(seg, p + dataWords * 8 + i * 8)),
+  });
+  if (kind === 0) return { k: "struct", ...structAt(target, hi & 0xffff, hi >>> 16) };
+  const size = hi & 7;
+  const count = hi >>> 3;
+  if (size === 6) return { k: "ptrs", items: Array.from({ length: count }, (_, i) => decodeTree(seg, target + i * 8)) };
+  if (size === 7) {
+    const tagLo = dv.getUint32(target, true);
+    const tagHi = dv.getUint32(target + 4, true);
+    const dataWords = tagHi & 0xffff;
+    const ptrCount = tagHi >>> 16;
+    const elems = Array.from({ length: tagLo >>> 2 }, (_, i) => structAt(target + 8 + i * (dataWords + ptrCount) * 8, dataWords, ptrCount));
+    return { k: "composite", dataWords, ptrCount, elems };
+  }
+  return { k: "list", size, count, body: seg.slice(target, target + Math.ceil((count * ELEMENT_BITS[size]!) / 64) * 8) };
+}
+
+/** Writes `root` into `segmentCount` segments, choosing near, far or double-far pointers at random. */
+function scatter(root: Obj | null, segmentCount: number, r: Rng): Uint8Array {
+  const segs: number[][] = Array.from({ length: segmentCount }, () => []); // bytes as numbers, simple and slow
+  const alloc = (s: number, words: number) => {
+    const at = segs[s]!.length / 8;
+    for (let i = 0; i < words * 8; i++) segs[s]!.push(0);
+    return at;
+  };
+  const put32 = (s: number, word: number, byte: number, v: number) => {
+    for (let i = 0; i < 4; i++) segs[s]![word * 8 + byte + i] = (v >>> (8 * i)) & 0xff;
+  };
+  const putBytes = (s: number, word: number, bytes: Uint8Array) => bytes.forEach((b, i) => (segs[s]![word * 8 + i] = b));
+  alloc(0, 1); // the root pointer
+
+  interface Placed { seg: number; word: number; kind: number; hi: number }
+  const placeStruct = (s: number, word: number, data: Uint8Array, ptrs: (Obj | null)[]) => {
+    putBytes(s, word, data);
+    ptrs.forEach((p, i) => writePointer(s, word + data.length / 8 + i, p));
+  };
+  const place = (o: Obj): Placed => {
+    const s = r.int(segmentCount);
+    switch (o.k) {
+      case "struct": {
+        const word = alloc(s, o.data.length / 8 + o.ptrs.length);
+        placeStruct(s, word, o.data, o.ptrs);
+        return { seg: s, word, kind: 0, hi: (o.data.length / 8) | (o.ptrs.length << 16) };
+      }
+      case "list": {
+        const word = alloc(s, o.body.length / 8);
+        putBytes(s, word, o.body);
+        return { seg: s, word, kind: 1, hi: o.size | (o.count << 3) };
+      }
+      case "ptrs": {
+        const word = alloc(s, o.items.length);
+        o.items.forEach((p, i) => writePointer(s, word + i, p));
+        return { seg: s, word, kind: 1, hi: 6 | (o.items.length << 3) };
+      }
+      case "composite": {
+        const elementWords = o.dataWords + o.ptrCount;
+        const word = alloc(s, 1 + o.elems.length * elementWords);
+        put32(s, word, 0, o.elems.length << 2);
+        put32(s, word, 4, o.dataWords | (o.ptrCount << 16));
+        o.elems.forEach((e, i) => placeStruct(s, word + 1 + i * elementWords, e.data, e.ptrs));
+        return { seg: s, word, kind: 1, hi: 7 | ((o.elems.length * elementWords) << 3) };
+      }
+      case "cap":
+        throw new Error("unreachable");
+    }
+  };
+  const writePointer = (s: number, word: number, o: Obj | null) => {
+    if (o === null) return;
+    if (o.k === "cap") {
+      put32(s, word, 0, 3);
+      put32(s, word, 4, o.index);
+      return;
+    }
+    const t = place(o);
+    const mode = t.seg === s && r.bool() ? "near" : r.pick(["far", "double"] as const);
+    if (mode === "near") {
+      put32(s, word, 0, (((t.word - word - 1) << 2) | t.kind) >>> 0);
+      put32(s, word, 4, t.hi);
+    } else if (mode === "far") {
+      const pad = alloc(t.seg, 1);
+      put32(t.seg, pad, 0, (((t.word - pad - 1) << 2) | t.kind) >>> 0);
+      put32(t.seg, pad, 4, t.hi);
+      put32(s, word, 0, ((pad << 3) | 2) >>> 0);
+      put32(s, word, 4, t.seg);
+    } else {
+      const padSeg = r.int(segmentCount);
+      const pad = alloc(padSeg, 2);
+      put32(padSeg, pad, 0, ((t.word << 3) | 2) >>> 0);
+      put32(padSeg, pad, 4, t.seg);
+      put32(padSeg, pad + 1, 0, t.kind);
+      put32(padSeg, pad + 1, 4, t.hi);
+      put32(s, word, 0, ((pad << 3) | 6) >>> 0);
+      put32(s, word, 4, padSeg);
+    }
+  };
+  writePointer(0, 0, root);
+  return frameOf(segs.map((s) => Uint8Array.from(s)));
+}
+
+function frameOf(segments: Uint8Array[]): Uint8Array {
+  const header = (4 + 4 * segments.length + 7) & ~7;
+  const out = new Uint8Array(header + segments.reduce((n, s) => n + s.length, 0));
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, segments.length - 1, true);
+  let at = header;
+  segments.forEach((s, i) => {
+    dv.setUint32(4 + 4 * i, s.length / 8, true);
+    out.set(s, at);
+    at += s.length;
+  });
+  return out;
+}
+
+/** Segment 0 of a single-segment frame. */
+const segmentOf = (frame: Uint8Array) => frame.subarray(8);
+const scatterFrame = (frame: Uint8Array, segments: number, r: Rng) => scatter(decodeTree(segmentOf(frame), 0), segments, r);
+
+/** Shrinks or grows every struct in the tree (older/newer peers): data words and pointers. */
+function resizeStructs(o: Obj | null, r: Rng): Obj | null {
+  if (o === null || o.k === "cap" || o.k === "list") return o;
+  if (o.k === "ptrs") return { ...o, items: o.items.map((p) => resizeStructs(p, r)) };
+  const resizeData = (d: Uint8Array) => {
+    const words = Math.max(0, d.length / 8 + r.int(3) - 1);
+    const out = new Uint8Array(words * 8);
+    out.set(d.subarray(0, Math.min(d.length, out.length)));
+    if (out.length > d.length) out.fill(0xee, d.length); // unknown newer fields: must be ignored
+    return out;
+  };
+  if (o.k === "struct") {
+    const ptrs = o.ptrs.map((p) => resizeStructs(p, r));
+    return { k: "struct", data: resizeData(o.data), ptrs: r.bool() ? ptrs : [...ptrs, null] };
+  }
+  return o; // composite lists keep their layout (the envelope only counts them)
+}
+
+// ---- random rpc messages built with capnp-es ---------------------------------------------------
+
+const IFACE = Conmon$Client.interfaceId;
+
+function randomMessage(r: Rng): Uint8Array {
+  const msg = new Message();
+  const root = msg.initRoot(RpcMessage);
+  switch (r.int(10)) {
+    case 0:
+      root._initBootstrap().questionId = r.u32();
+      break;
+    case 1:
+    case 2:
+    case 3:
+    case 4: {
+      const call = root._initCall();
+      call.questionId = r.u32();
+      call.interfaceId = r.bool() ? IFACE : (BigInt(r.u32()) << 32n) | BigInt(r.u32());
+      call.methodId = r.int(65536);
+      call.allowThirdPartyTailCall = r.bool();
+      if (r.next() < 0.9) {
+        const target = call._initTarget();
+        if (r.bool()) target.importedCap = r.u32();
+        else {
+          const promised = target._initPromisedAnswer();
+          promised.questionId = r.u32();
+          const n = r.pick([0, 0, 1, 3]);
+          if (n > 0) {
+            const ops = promised._initTransform(n);
+            for (let i = 0; i < n; i++) if (r.bool()) ops.get(i).getPointerField = r.int(100);
+          }
+        }
+      }
+      const p = r.next();
+      if (p < 0.8) {
+        const content = call._initParams().content;
+        if (p < 0.7) {
+          const method = Conmon$Client.methods[2]!; // execSync: text, list of text, numbers
+          utils.initStruct(method.ParamsClass._capnp.size, content);
+          const params: any = utils.getAs(method.ParamsClass, content);
+          const req = params._initRequest();
+          req.id = "c".repeat(r.int(70));
+          req.timeoutSec = BigInt(r.u32());
+          const cmd = req._initCommand(r.int(4));
+          for (let i = 0; i < cmd.length; i++) cmd.set(i, `arg-${i}-${"x".repeat(r.int(20))}`);
+        }
+      }
+      break;
+    }
+    case 5:
+    case 6: {
+      const finish = root._initFinish();
+      finish.questionId = r.u32();
+      finish.releaseResultCaps = r.bool();
+      break;
+    }
+    case 7: {
+      const release = root._initRelease();
+      release.id = r.u32();
+      release.referenceCount = r.u32();
+      break;
+    }
+    case 8:
+      root._initAbort().reason = "gone ".repeat(r.int(5));
+      break;
+    default:
+      root._initReturn().answerId = r.u32();
+  }
+  return new Uint8Array(msg.toArrayBuffer());
+}
+
+/** What capnp-es reads from a frame, in the Envelope's terms. */
+function oracle(frame: Uint8Array) {
+  const m = new Message(frame.slice().buffer, false).getRoot(RpcMessage);
+  const which = m.which();
+  const out: Record<string, unknown> = { which };
+  if (which === RpcMessage.BOOTSTRAP) out.questionId = m.bootstrap.questionId;
+  if (which === RpcMessage.FINISH) out.questionId = m.finish.questionId;
+  if (which === RpcMessage.RELEASE) Object.assign(out, { releaseId: m.release.id, referenceCount: m.release.referenceCount });
+  if (which === RpcMessage.CALL) {
+    const call = m.call;
+    const target = call._hasTarget() ? call.target : undefined;
+    const targetWhich = target ? target.which() : 0;
+    const promised = target && targetWhich === MessageTarget.PROMISED_ANSWER && target._hasPromisedAnswer() ? target.promisedAnswer : undefined;
+    Object.assign(out, {
+      questionId: call.questionId,
+      methodId: call.methodId,
+      interfaceId: call.interfaceId,
+      targetWhich,
+      importedCap: target && targetWhich === MessageTarget.IMPORTED_CAP ? target.importedCap : 0,
+      promisedQuestion: promised ? promised.questionId : 0,
+      transformLength: promised ? promised.transform.length : 0,
+      hasParams: call._hasParams(),
+    });
+  }
+  return out;
+}
+
+function parse(frame: Uint8Array): Envelope {
+  const reader = new FrameReader();
+  const env = new Envelope();
+  reader.reset(new DataView(frame.buffer, frame.byteOffset, frame.byteLength), 0, frame.byteLength);
+  parseEnvelope(reader, env);
+  return env;
+}
+
+function envelopeView(env: Envelope, expected: Record<string, unknown>) {
+  const out: Record<string, unknown> = { which: env.which };
+  for (const k of Object.keys(expected)) {
+    if (k === "which") continue;
+    if (k === "interfaceId") out[k] = env.interfaceId;
+    else if (k === "hasParams") out[k] = env.paramsSeg >= 0;
+    else out[k] = (env as any)[k];
+  }
+  return out;
+}
+
+/** The execSync params as capnp-es reads them at the location the envelope gave. */
+function paramsAt(frame: Uint8Array, env: Envelope) {
+  const m = new Message(frame.slice().buffer, false);
+  const method = Conmon$Client.methods[2]!;
+  const pointer = new Pointer(m.getSegment(env.paramsSeg), env.paramsOffset);
+  if (utils.isNull(pointer)) return null;
+  const params: any = utils.getAs(method.ParamsClass, pointer);
+  if (!params._hasRequest()) return { request: null };
+  const req = params.request;
+  return { id: req.id, timeoutSec: req.timeoutSec, command: [...req.command] };
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+const SEEDS = Array.from({ length: 8 }, (_, i) => 0x5eed + i * 7919);
+
+describe("parseEnvelope against capnp-es", () => {
+  test.each(SEEDS)("random single-segment messages (seed %d)", (seed) => {
+    const r = rng(seed);
+    for (let i = 0; i < 250; i++) {
+      const frame = randomMessage(r);
+      const expected = oracle(frame);
+      expect(envelopeView(parse(frame), expected)).toEqual(expected);
+    }
+  });
+
+  test.each(SEEDS)("the same messages over 2-5 segments with far and double-far pointers (seed %d)", (seed) => {
+    const r = rng(seed);
+    for (let i = 0; i < 150; i++) {
+      const frame = randomMessage(r);
+      const scattered = scatterFrame(frame, 2 + r.int(4), r);
+      const expected = oracle(frame);
+      expect(oracle(scattered)).toEqual(expected); // the re-layout itself is faithful
+      const env = parse(scattered);
+      expect(envelopeView(env, expected)).toEqual(expected);
+      if (env.which === RpcMessage.CALL && env.paramsSeg >= 0) {
+        expect(paramsAt(scattered, env)).toEqual(paramsAt(frame, parse(frame)));
+      }
+    }
+  });
+
+  test.each(SEEDS.slice(0, 4))("older and newer peers: shorter and longer structs read as defaults (seed %d)", (seed) => {
+    const r = rng(seed);
+    for (let i = 0; i < 200; i++) {
+      const resized = scatter(resizeStructs(decodeTree(segmentOf(randomMessage(r)), 0), r), 1 + r.int(3), r);
+      const expected = oracle(resized);
+      expect(envelopeView(parse(resized), expected)).toEqual(expected);
+    }
+  });
+
+  test("a null body reads as zeros, a null root is malformed", () => {
+    // Message{which=finish} whose finish pointer is null.
+    const frame = frameOf([Uint8Array.from([0, 0, 0, 0, 1, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])]);
+    expect(envelopeView(parse(frame), { which: 4, questionId: 0 })).toEqual({ which: 4, questionId: 0 });
+    expect(() => parse(frameOf([new Uint8Array(8)]))).toThrow(WireError);
+  });
+
+  test.each(SEEDS.slice(0, 4))("mutated frames fail with WireError or parse, never read out of bounds (seed %d)", (seed) => {
+    const r = rng(seed);
+    let failures = 0;
+    for (let i = 0; i < 400; i++) {
+      const frame = r.bool() ? randomMessage(r) : scatterFrame(randomMessage(r), 2 + r.int(3), r);
+      const header = (4 + 4 * (new DataView(frame.buffer).getUint32(0, true) + 1) + 7) & ~7;
+      const mutated = frame.slice();
+      for (let n = 1 + r.int(4); n > 0; n--) mutated[header + r.int(mutated.length - header)] = r.int(256);
+      try {
+        parse(mutated);
+      } catch (err) {
+        expect(err).toBeInstanceOf(WireError);
+        failures++;
+      }
+    }
+    expect(failures).toBeGreaterThan(0);
+  });
+
+  test("far pointers to missing segments, loops of far pads and out-of-range offsets are rejected", () => {
+    const word = (lo: number, hi: number) => {
+      const b = new Uint8Array(8);
+      new DataView(b.buffer).setUint32(0, lo >>> 0, true);
+      new DataView(b.buffer).setUint32(4, hi, true);
+      return b;
+    };
+    const seg = (...words: Uint8Array[]) => Uint8Array.from(words.flatMap((w) => [...w]));
+    const cases: [string, Uint8Array][] = [
+      ["far to segment 3 of 1", frameOf([seg(word((1 << 3) | 2, 3))])],
+      ["far landing on a far", frameOf([seg(word((1 << 3) | 2, 0), word((1 << 3) | 2, 0))])],
+      ["double-far whose pad is not far", frameOf([seg(word((1 << 3) | 6, 0), word(0, 0), word(0, 0x10001))])],
+      ["landing pad past the segment", frameOf([seg(word((9 << 3) | 2, 0))])],
+      ["struct past the segment", frameOf([seg(word(0, 0x10005))])],
+      ["negative offset before the segment", frameOf([seg(word(-4 << 2, 0x10001))])],
+      ["root is a list", frameOf([seg(word(1, (1 << 3) | 2), word(0, 0))])],
+    ];
+    for (const [name, frame] of cases) expect(() => parse(frame), name).toThrow(WireError);
+  });
+});
+
+// ---- encoders --------------------------------------------------------------------------------
+
+function decodeReturn(bytes: Uint8Array) {
+  const m = new Message(bytes.slice().buffer, false).getRoot(RpcMessage);
+  expect(m.which()).toBe(RpcMessage.RETURN);
+  return m.return;
+}
+
+function execResults(r: Rng, dataBytes: number) {
+  const m = newMessage();
+  const results: any = m.initRoot(Conmon$Client.methods[2]!.ResultsClass as any);
+  const resp: Conmon_ExecSyncContainerResponse = results._initResponse();
+  resp.exitCode = r.u32() | 0;
+  resp.timedOut = r.bool();
+  const out = new Uint8Array(dataBytes).map(() => r.int(256));
+  if (dataBytes > 0 || r.bool()) resp._initStdout(dataBytes).copyBuffer(out);
+  resp._initStderr(3).copyBuffer(Uint8Array.of(1, 2, 3));
+  return { message: m, expected: { exitCode: resp.exitCode, timedOut: resp.timedOut, stdout: [...out], stderr: [1, 2, 3] } };
+}
+
+function readExecResults(ret: Return) {
+  expect(ret.which()).toBe(Return.RESULTS);
+  const results: any = utils.getAs(Conmon$Client.methods[2]!.ResultsClass, ret.results.content);
+  const resp = results.response;
+  return { exitCode: resp.exitCode, timedOut: resp.timedOut, stdout: [...resp.stdout.toUint8Array()], stderr: [...resp.stderr.toUint8Array()] };
+}
+
+describe("Return encoders decode with capnp-es", () => {
+  test("bootstrap: the capability in the cap table", () => {
+    const out = new OutBuffer(16);
+    writeBootstrapReturn(out, 0xfffffffe, 0);
+    const ret = decodeReturn(out.view());
+    expect(ret.answerId).toBe(0xfffffffe);
+    expect(ret.releaseParamCaps).toBe(false);
+    expect(ret.which()).toBe(Return.RESULTS);
+    expect(utils.getInterfacePointer(ret.results.content)).toBe(0);
+    const caps = ret.results.capTable;
+    expect(caps.length).toBe(1);
+    expect(caps.get(0).which()).toBe(1); // senderHosted
+    expect(caps.get(0).senderHosted).toBe(0);
+    expect(caps.get(0).attachedFd).toBe(255);
+  });
+
+  test.each(["", "child not available", "ünïcödé ✓ and 🦀", "x".repeat(10_000)])("exception and abort with reason %#", (reason) => {
+    const out = new OutBuffer(16);
+    writeExceptionReturn(out, 7, "unimplemented", reason);
+    const ret = decodeReturn(out.view());
+    expect([ret.answerId, ret.releaseParamCaps, ret.which()]).toEqual([7, false, Return.EXCEPTION]);
+    expect([ret.exception.reason, ret.exception.type]).toEqual([reason, 3]);
+    out.clear();
+    writeAbort(out, reason);
+    const abort = new Message(out.view().slice().buffer, false).getRoot(RpcMessage);
+    expect(abort.which()).toBe(RpcMessage.ABORT);
+    expect([abort.abort.reason, abort.abort.type]).toEqual([reason, 0]);
+  });
+
+  test.each(SEEDS.slice(0, 4))("results spliced from their own message, one or many segments (seed %d)", (seed) => {
+    const r = rng(seed);
+    for (let i = 0; i < 60; i++) {
+      const { message, expected } = execResults(r, r.pick([0, 1, 7, 100, 5000]));
+      const segments = messageSegments(message);
+      expect(segments.length).toBe(1);
+      const answerId = r.u32();
+      const out = new OutBuffer(64);
+      if (r.bool()) writeBootstrapReturn(out, 1, 0); // a frame already buffered before ours
+      const before = out.length;
+      writeResultsReturn(out, answerId, segments);
+      let ret = decodeReturn(out.view().subarray(before));
+      expect([ret.answerId, ret.releaseParamCaps]).toEqual([answerId, false]);
+      expect(readExecResults(ret)).toEqual(expected);
+      expect(ret.results.capTable.length).toBe(0);
+
+      // The same results as a multi-segment message with far pointers (root far or near).
+      const scattered = scatter(decodeTree(segments[0]!, 0), 1 + r.int(4), r);
+      const header = (4 + 4 * (new DataView(scattered.buffer).getUint32(0, true) + 1) + 7) & ~7;
+      const split: Uint8Array[] = [];
+      for (let s = 0, at = header; s <= new DataView(scattered.buffer).getUint32(0, true); s++) {
+        const len = new DataView(scattered.buffer).getUint32(4 + 4 * s, true) * 8;
+        split.push(scattered.subarray(at, at + len));
+        at += len;
+      }
+      out.clear();
+      writeResultsReturn(out, answerId, split);
+      ret = decodeReturn(out.view());
+      expect(readExecResults(ret)).toEqual(expected);
+    }
+  });
+
+  test("large results: the head is written alone and the body follows untouched", () => {
+    const { message, expected } = execResults(rng(1), 200_000);
+    const segments = messageSegments(message);
+    const out = new OutBuffer();
+    const pieces: Uint8Array[] = [];
+    writeResultsReturn(out, 9, segments, (body) => {
+      pieces.push(out.view().slice(), body);
+      out.clear();
+    });
+    expect(pieces[1]!.buffer).toBe(segments[0]!.buffer); // the body was not copied
+    pieces.push(out.view().slice());
+    const whole = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
+    pieces.reduce((at, p) => (whole.set(p, at), at + p.length), 0);
+    expect(readExecResults(decodeReturn(whole))).toEqual(expected);
+  });
+
+  test("null results content", () => {
+    const out = new OutBuffer();
+    writeResultsReturn(out, 3, [new Uint8Array(8)]);
+    const ret = decodeReturn(out.view());
+    expect(utils.isNull(ret.results.content)).toBe(true);
+  });
+});
+
+describe("FrameReader lists", () => {
+  test.each([0, 1, 5])("transform of %d ops", (n) => {
+    const msg = new Message();
+    const promised = msg.initRoot(RpcMessage)._initCall()._initTarget()._initPromisedAnswer();
+    if (n > 0) promised._initTransform(n);
+    const env = parse(new Uint8Array(msg.toArrayBuffer()));
+    expect(env.transformLength).toBe(n);
+  });
+});

@@ -1,0 +1,148 @@
+// capnp-es message shortcuts (src/rpc/messages.ts, results.ts) against the plain capnp-es API:
+// the bytes must be identical, since they lean on capnp-es internals of the pinned version.
+import { describe, expect, test } from "bun:test";
+import { Message, utils } from "capnp-es";
+import { Message as RpcMessage } from "capnp-es/capnp/rpc";
+import { Conmon$Client } from "../../schema/conmon.ts";
+import { messageSegments, newMessage, readFrame } from "../../src/rpc/messages.ts";
+import { EncodedResults, replyWith, resultsToSend } from "../../src/rpc/results.ts";
+import { RpcConnection } from "../../src/rpc/connection.ts";
+import { FrameDecoder } from "../../src/rpc/framing.ts";
+import { conmonService } from "../../src/service.ts";
+import { handleVersion } from "../../src/version.ts";
+
+const ExecResults = Conmon$Client.methods[2]!.ResultsClass as any;
+
+/** Fills execSync results; `n` bytes of stdout make the message outgrow newMessage's first segment. */
+function fill(results: any, n: number) {
+  const r = results._initResponse();
+  r.exitCode = -n;
+  r._initStdout(n).copyBuffer(Uint8Array.from({ length: n }, (_, i) => i & 0xff));
+  r.timedOut = n % 2 === 1;
+}
+
+const bytesOf = (m: Message) => new Uint8Array(m.toArrayBuffer());
+
+describe("newMessage", () => {
+  test.each([0, 1, 100, 400, 500, 4096, 100_000])("builds the same bytes as new Message() (%d bytes of data)", (n) => {
+    const plain = new Message();
+    fill(plain.initRoot(ExecResults), n);
+    const small = newMessage();
+    fill(small.initRoot(ExecResults), n);
+    expect(bytesOf(small)).toEqual(bytesOf(plain));
+    expect(messageSegments(small).length).toBe(1);
+  });
+});
+
+describe("readFrame", () => {
+  function frameWith(n: number): Uint8Array {
+    const m = new Message();
+    fill(m.initRoot(ExecResults), n);
+    return bytesOf(m);
+  }
+
+  test.each([0, 9, 5000])("reads what new Message(frame) reads, from inside a larger buffer (%d bytes)", (n) => {
+    const frame = frameWith(n);
+    const buffer = new Uint8Array(frame.length + 24).fill(0xaa);
+    buffer.set(frame, 16);
+    const m = readFrame(new DataView(buffer.buffer), 16, frame.length);
+    buffer.fill(0); // the frame's bytes are not ours to keep: the message has its own copy
+    const read = (msg: Message) => {
+      const r = (msg.getRoot(ExecResults) as any).response;
+      return [r.exitCode, r.timedOut, [...r.stdout.toUint8Array()]];
+    };
+    expect(read(m)).toEqual(read(new Message(frame, false)));
+  });
+
+  test("reading a null struct field allocates in the slack, not by growing the segment", () => {
+    const m0 = new Message();
+    m0.initRoot(ExecResults); // response pointer stays null
+    const frame = bytesOf(m0);
+    const m = readFrame(new DataView(frame.buffer), 0, frame.length);
+    const buffer = messageSegments(m)[0]!.buffer;
+    expect((m.getRoot(ExecResults) as any).response.exitCode).toBe(0);
+    expect(messageSegments(m)[0]!.buffer).toBe(buffer);
+  });
+
+  test("multi-segment frames go through capnp-es's own framing", () => {
+    const m0 = new Message();
+    fill(m0.initRoot(ExecResults), 3);
+    const seg = messageSegments(m0)[0]!;
+    // Two segments: the same content, and an empty second segment.
+    const frame = new Uint8Array(16 + seg.length);
+    const dv = new DataView(frame.buffer);
+    dv.setUint32(0, 1, true);
+    dv.setUint32(4, seg.length / 8, true);
+    frame.set(seg, 16);
+    const m = readFrame(dv, 0, frame.length);
+    expect((m.getRoot(ExecResults) as any).response.exitCode).toBe(-3);
+  });
+});
+
+describe("EncodedResults and replyWith", () => {
+  test("capture is a snapshot; replyWith replaces what the results message holds", () => {
+    const m = newMessage();
+    const results = m.initRoot(ExecResults);
+    fill(results, 10);
+    const encoded = EncodedResults.capture(results);
+    const before = resultsToSend(m).map((s) => [...s]);
+    fill(results, 20); // later writes do not change the snapshot
+    expect(encoded.segments.map((s) => [...s])).toEqual(before);
+
+    const other = newMessage();
+    const otherResults = other.initRoot(ExecResults);
+    expect(resultsToSend(other).map((s) => [...s])).not.toEqual(before);
+    replyWith(otherResults, encoded);
+    expect(resultsToSend(other).map((s) => [...s])).toEqual(before);
+  });
+
+  test("build() equals filling a message by hand", () => {
+    const built = EncodedResults.build(ExecResults, (r) => fill(r, 7));
+    const m = newMessage();
+    fill(m.initRoot(ExecResults), 7);
+    expect(built.segments.map((s) => [...s])).toEqual(messageSegments(m).map((s) => [...s]));
+  });
+});
+
+describe("version", () => {
+  /** Sends bootstrap + version calls, returns each Return frame's bytes with its answerId zeroed. */
+  function versionReturns(verbose: boolean[]): Uint8Array[] {
+    const frames: Uint8Array[] = [];
+    const decoder = new FrameDecoder();
+    const conn = new RpcConnection(
+      conmonService({ version: handleVersion }),
+      { write: (b) => decoder.push(b).forEach((f) => frames.push(new Uint8Array(f))), close() {} },
+      { debug() {}, warn() {} },
+    );
+    const send = (build: (root: any) => void) => {
+      const msg = new Message();
+      build(msg.initRoot(RpcMessage));
+      conn.receive(bytesOf(msg));
+    };
+    send((root) => (root._initBootstrap().questionId = 0));
+    for (const v of verbose) {
+      send((root) => {
+        const call = root._initCall();
+        call.questionId = 7; // the same id each time (finished below): identical frames expected
+        call.interfaceId = Conmon$Client.interfaceId;
+        call._initTarget().importedCap = 0;
+        const content = call._initParams().content;
+        utils.initStruct(Conmon$Client.methods[0]!.ParamsClass._capnp.size, content);
+        (utils.getAs(Conmon$Client.methods[0]!.ParamsClass, content) as any)._initRequest().verbose = v;
+      });
+      send((root) => (root._initFinish().questionId = 7));
+    }
+    return frames.slice(1);
+  }
+
+  test("cached replies are byte-identical to the first, freshly filled ones", () => {
+    const [a, b, c, d] = versionReturns([false, false, true, true]);
+    expect(b).toEqual(a!);
+    expect(d).toEqual(c!);
+    expect(c).not.toEqual(a!);
+    const results: any = new Message(c!.slice().buffer, false).getRoot(RpcMessage).return.results.content;
+    const response = (utils.getAs(Conmon$Client.methods[0]!.ResultsClass, results) as any).response;
+    expect(response.processId).toBe(process.pid);
+    expect(response.cargoTree).toContain("capnp-es");
+  });
+});
