@@ -14,6 +14,7 @@ import { Containers } from "./containers.ts";
 import { ExecSync } from "./exec-sync.ts";
 import { Namespaces } from "./namespaces.ts";
 import { FdSocket } from "./fd-socket.ts";
+import { SdNotifier } from "./sd-notify.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
 
@@ -69,9 +70,12 @@ export class Server {
   private readonly shutdownHooks: ShutdownHook[] = [];
   private shuttingDown?: Promise<void>;
   private readonly handlers: Partial<Record<MethodName, Handler>> = { version: handleVersion };
+  /** systemd Type=notify; read (and removed from the env) before any child is spawned. */
+  private readonly notifier?: SdNotifier;
 
   constructor(readonly config: ServerConfig) {
     this.logger = createLogger(config.logDriver, config.logLevel);
+    this.notifier = SdNotifier.fromEnv(this.logger);
   }
 
   get socketPath(): string {
@@ -91,6 +95,8 @@ export class Server {
   start(): void {
     this.listener = listenRpc(this.socketPath, conmonService(this.handlers), this.logger);
     this.logger.info(`Listening on ${this.socketPath}`);
+    // Bun.listen has bound and listened by now: connections are accepted from here on.
+    void this.notifier?.ready(this.socketPath);
     const stop = (signal: string) => {
       this.logger.info(`Received ${signal}, shutting down`);
       void this.shutdown().then(() => process.exit(0));
@@ -101,6 +107,7 @@ export class Server {
 
   shutdown(): Promise<void> {
     this.shuttingDown ??= (async () => {
+      await this.notifier?.stopping();
       for (const hook of this.shutdownHooks) {
         try {
           await hook();
