@@ -297,7 +297,12 @@ function usage(specs: Spec[], synopsis: string): Promise<string> {
     };
   }
   const command = defineCommand({
-    meta: { name: "conmonrs", description: `Pod-level OCI container runtime monitor (usage: ${synopsis})` },
+    meta: {
+      name: "conmonrs",
+      description:
+        `Pod-level OCI container runtime monitor (usage: ${synopsis})\n\n` +
+        "Subcommands:\n  pause    pin pod namespaces (used by createNamespaces)\n  client   talk to a running server: conmonrs client --help",
+    },
     args,
   });
   return renderUsage(command);

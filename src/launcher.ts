@@ -14,7 +14,9 @@ const READY_TIMEOUT_MS = 10_000;
 /** argv that starts this same program again: compiled binary, or bun + script when run from source. */
 export function selfCommand(): string[] {
   const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
-  return compiled ? [process.execPath] : [process.execPath, Bun.main];
+  // /proc/self/exe still works after the binary was replaced on disk (an upgrade while pods
+  // run); the path would then name a deleted file. The new process renames itself `conmonrs`.
+  return compiled ? ["/proc/self/exe"] : [process.execPath, Bun.main];
 }
 
 function accepts(socketPath: string): Promise<boolean> {

@@ -27,7 +27,12 @@ async function main(): Promise<void> {
   }
   switch (invocation.kind) {
     case "help":
-      process.stdout.write(`${await invocation.text}\nMore info at: https://github.com/containers/conmon-rs\n`);
+      {
+        const text = await invocation.text;
+        // citty colours unconditionally; keep pipes and files plain.
+        const plain = process.stdout.isTTY ? text : text.replace(/\x1b\[[0-9;]*m/g, "");
+        process.stdout.write(`${plain}\nMore info at: https://github.com/containers/conmon-rs\n`);
+      }
       process.exit(0);
     case "version":
       process.stdout.write(`${invocation.json ? versionJson(invocation.full) : versionText(invocation.full)}\n`);
