@@ -34,7 +34,7 @@ import {
   writeResultsReturn,
 } from "./envelope.ts";
 import { resultsToSend } from "./results.ts";
-import { newMessage, readFrame } from "./messages.ts";
+import { ResultsSizes, messageBytes, newMessage, readFrame } from "./messages.ts";
 import { errorChain } from "../errors.ts";
 
 export { EncodedResults, replyWith } from "./results.ts";
@@ -97,6 +97,9 @@ const BOOTSTRAP_EXPORT_ID = 0;
 
 /** Results bodies from this size on are written straight from the results message, not copied. */
 const LARGE_RESULTS_BYTES = 64 * 1024;
+
+/** Shared by all connections: clients often open one connection per call. */
+const resultsSizes = new ResultsSizes();
 
 export class RpcConnection {
   private readonly decoder = new FrameDecoder();
@@ -247,11 +250,16 @@ export class RpcConnection {
       this.sendException(questionId, answer, method);
       return;
     }
+    this.runCall(questionId, answer, method, env, dv, start, length);
+  }
+
+  /** Reads the params, runs the handler; synchronous handlers are answered without a Promise. */
+  private runCall(questionId: number, answer: Answer, method: RpcMethod, env: Envelope, dv: DataView, start: number, length: number): void {
     let params: Struct;
     let results: Struct;
     try {
       params = readParams(env, dv, start, length, method.ParamsClass);
-      results = newMessage().initRoot(method.ResultsClass);
+      results = newMessage(resultsSizes.initialBytes(method)).initRoot(method.ResultsClass);
     } catch (err) {
       this.sendException(questionId, answer, new RpcException(`${method.name}: read params: ${errorChain(err)}`));
       return;
@@ -267,13 +275,13 @@ export class RpcConnection {
     }
     if (!(settled instanceof Promise)) {
       this.inFlight--;
-      this.sendReturn(questionId, answer, results);
+      this.sendReturn(questionId, answer, method, results);
       return;
     }
     settled.then(
       () => {
         this.inFlight--;
-        this.sendReturn(questionId, answer, results);
+        this.sendReturn(questionId, answer, method, results);
       },
       (err) => {
         this.inFlight--;
@@ -329,7 +337,7 @@ export class RpcConnection {
     else answer.finished = true;
   }
 
-  private sendReturn(questionId: number, answer: Answer, results: Struct): void {
+  private sendReturn(questionId: number, answer: Answer, method: RpcMethod, results: Struct): void {
     if (!this.settle(questionId, answer)) return;
     let segments: readonly Uint8Array[];
     try {
@@ -338,6 +346,7 @@ export class RpcConnection {
       this.sendException(questionId, answer, new Error("encode results", { cause: err }), true);
       return;
     }
+    resultsSizes.record(method, messageBytes(results.segment.message));
     if (segments.length === 1 && segments[0]!.byteLength >= LARGE_RESULTS_BYTES) {
       // Everything buffered so far goes first, then the body straight from the results message.
       writeResultsReturn(this.out, questionId, segments, this.sendBody);

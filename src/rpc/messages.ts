@@ -56,6 +56,40 @@ export function readFrame(dv: DataView, start: number, length: number): Message 
   return message;
 }
 
+/**
+ * Sizes the first segment of each method's next results message after its last results, so a
+ * method that answers with a kilobyte of output does not grow a small segment by 4 KiB (and copy
+ * it) on every call. Bounded: one huge answer does not make every later message allocate big.
+ */
+export class ResultsSizes {
+  private readonly last = new WeakMap<object, number>();
+
+  constructor(
+    private readonly minBytes = 256,
+    private readonly maxBytes = 1024 * 1024,
+  ) {}
+
+  /** First-segment size for the next results of `method`. */
+  initialBytes(method: object): number {
+    return this.last.get(method) ?? this.minBytes;
+  }
+
+  /** Records that `method`'s results used `bytes`. */
+  record(method: object, bytes: number): void {
+    // An eighth more than last time absorbs small variations; whole 256-byte steps keep the
+    // WeakMap write rare when sizes are stable.
+    const size = Math.min(Math.max(Math.ceil((bytes * 1.125) / 256) * 256, this.minBytes), this.maxBytes);
+    if (this.last.get(method) !== size) this.last.set(method, size);
+  }
+}
+
+/** Bytes in use across the segments of `message`. */
+export function messageBytes(message: Message): number {
+  let n = 0;
+  for (const s of segmentsOf(message)) n += s.byteLength;
+  return n;
+}
+
 /** The used bytes of each segment of `message`; segment 0 starts with the root pointer. */
 export function messageSegments(message: Message): Uint8Array[] {
   const segments = segmentsOf(message);

@@ -4,7 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { Message, utils } from "capnp-es";
 import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { Conmon$Client } from "../../schema/conmon.ts";
-import { messageSegments, newMessage, readFrame } from "../../src/rpc/messages.ts";
+import { ResultsSizes, messageBytes, messageSegments, newMessage, readFrame } from "../../src/rpc/messages.ts";
 import { EncodedResults, replyWith, resultsToSend } from "../../src/rpc/results.ts";
 import { RpcConnection } from "../../src/rpc/connection.ts";
 import { FrameDecoder } from "../../src/rpc/framing.ts";
@@ -31,6 +31,34 @@ describe("newMessage", () => {
     fill(small.initRoot(ExecResults), n);
     expect(bytesOf(small)).toEqual(bytesOf(plain));
     expect(messageSegments(small).length).toBe(1);
+  });
+});
+
+describe("ResultsSizes", () => {
+  test("the next results message is sized after the last one, within bounds", () => {
+    const sizes = new ResultsSizes(256, 4096);
+    const a = {};
+    const b = {};
+    expect(sizes.initialBytes(a)).toBe(256);
+    sizes.record(a, 1100);
+    expect(sizes.initialBytes(a)).toBe(1280); // +1/8, whole 256-byte steps
+    expect(sizes.initialBytes(b)).toBe(256); // per method
+    sizes.record(a, 1_000_000);
+    expect(sizes.initialBytes(a)).toBe(4096);
+    sizes.record(a, 16);
+    expect(sizes.initialBytes(a)).toBe(256);
+  });
+
+  test("a message sized from the hint does not grow when the results are alike", () => {
+    const sizes = new ResultsSizes();
+    const key = {};
+    const first = newMessage(sizes.initialBytes(key));
+    fill(first.initRoot(ExecResults), 1024);
+    sizes.record(key, messageBytes(first));
+    const second = newMessage(sizes.initialBytes(key));
+    const buffer = messageSegments(second)[0]!.buffer;
+    fill(second.initRoot(ExecResults), 1024);
+    expect(messageSegments(second)[0]!.buffer).toBe(buffer);
   });
 });
 
