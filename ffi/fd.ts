@@ -36,6 +36,8 @@ export const F = {
   SETOWN: 8,
   GETOWN: 9,
   DUPFD_CLOEXEC: 1030,
+  SETPIPE_SZ: 1031,
+  GETPIPE_SZ: 1032,
   ADD_SEALS: 1033,
   GET_SEALS: 1034,
 } as const;
@@ -103,6 +105,21 @@ export function setCloexec(fd: number, on: boolean): void {
 
 export function isCloexec(fd: number): boolean {
   return (fcntlOrThrow(fd, F.GETFD, 0, "F_GETFD") & FD_CLOEXEC) !== 0;
+}
+
+/** Capacity of the pipe behind `fd` in bytes (F_GETPIPE_SZ); either end works. */
+export function getPipeSize(fd: number): number {
+  return fcntlOrThrow(fd, F.GETPIPE_SZ, 0, "F_GETPIPE_SZ");
+}
+
+/**
+ * Resizes the pipe behind `fd` (F_SETPIPE_SZ); the kernel rounds up to a power-of-two number of
+ * pages and returns the capacity it set. Fails with EPERM above /proc/sys/fs/pipe-max-size, or
+ * when the user's pipe buffers exceed fs/pipe-user-pages-* and the caller lacks
+ * CAP_SYS_RESOURCE/CAP_SYS_ADMIN; EBUSY when shrinking below what the pipe holds.
+ */
+export function setPipeSize(fd: number, bytes: number): number {
+  return fcntlOrThrow(fd, F.SETPIPE_SZ, bytes, "F_SETPIPE_SZ");
 }
 
 /** Routes SIGIO/SIGURG for `fd` to process `pid` (F_SETOWN). */

@@ -6,6 +6,7 @@ export {
   pipe, closeFd, closeQuietly, getStatusFlags, updateStatusFlags, setNonBlocking, isNonBlocking,
   setCloexec, isCloexec, setOwner, isOpenFd, readFd, writeFd, writeAll, dupFd, openFd, mkdirP,
   readLink, fdTarget, listOpenFds, fsyncFd, memfdCreate, sealFd, eventfd, readEventfd, writeEventfd,
+  getPipeSize, setPipeSize,
 } from "./fd.ts";
 export {
   type WaitStatus,

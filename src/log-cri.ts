@@ -4,7 +4,8 @@
 //
 // This is the hot path of the whole monitor: every byte a container prints passes through
 // `CriEncoder.encode`. C conmon spends ~130 ns per line here (three iovecs per line, writev capped
-// at ~42 lines); we format a whole read chunk into one reusable buffer and issue one write(2).
+// at ~42 lines); we format a read chunk, in slices of about 256 KiB of output, into one reusable
+// buffer and issue one write(2) per slice.
 //
 // Also home of `LogFile`, the truncating log file shared with the JSON driver.
 
@@ -379,9 +380,44 @@ export class LogFile {
 // ---------------------------------------------------------------------------------------------
 // Driver
 
-/** The CRI file driver: 0600 file, one write per chunk, maxSize truncation per upstream. */
+/**
+ * A read chunk (up to 1 MiB) is encoded and written in slices. The encoded slice should be big
+ * enough that a write(2) costs little per byte, and small enough to still be in the CPU cache when
+ * the kernel copies it (measured: 2.2 MiB writes cost a quarter more CPU than 0.5 MiB ones). The
+ * expansion depends on the line length (1.4-fold for 100-byte lines, 17-fold for 2-byte lines, up to
+ * 37-fold for empty lines), so each driver sizes its next slice from the last one's expansion.
+ * This also bounds each driver's encoder buffer.
+ */
+export const SLICE_OUTPUT_TARGET = 256 * 1024;
+export const MAX_SLICE_INPUT = 128 * 1024;
+export const MIN_SLICE_INPUT = 4 * 1024;
+
+/** Input size of the next slice, given what the last one expanded to. */
+export function nextSliceInput(inputBytes: number, outputBytes: number): number {
+  const size = Math.floor((SLICE_OUTPUT_TARGET * inputBytes) / Math.max(outputBytes, 1));
+  return Math.min(MAX_SLICE_INPUT, Math.max(MIN_SLICE_INPUT, size));
+}
+
+/**
+ * End of the slice of `chunk` that starts at `start`, of about `maxBytes`: just after the last
+ * newline in it, so no record is cut in two. A line longer than that is taken whole up to
+ * MAX_SLICE_INPUT; only a line longer than that is cut (a `P` record, as a line longer than a read
+ * always is).
+ */
+export function sliceEnd(chunk: Uint8Array, start: number, maxBytes: number): number {
+  const limit = start + maxBytes;
+  if (limit >= chunk.length) return chunk.length;
+  const last = chunk.lastIndexOf(NEWLINE, limit - 1);
+  if (last >= start) return last + 1;
+  const hardLimit = Math.min(chunk.length, start + MAX_SLICE_INPUT);
+  const next = chunk.indexOf(NEWLINE, limit);
+  return next >= 0 && next < hardLimit ? next + 1 : hardLimit;
+}
+
+/** The CRI file driver: 0600 file, one write per slice of a chunk, maxSize truncation per upstream. */
 export class CriLogDriver {
   private bytesWritten = 0;
+  private sliceInput = MAX_SLICE_INPUT;
 
   private constructor(
     private readonly file: LogFile,
@@ -398,9 +434,15 @@ export class CriLogDriver {
 
   write(stream: LogStream, chunk: Uint8Array): void {
     if (chunk.length === 0) return;
-    const records = this.encoder.encode(chunk, stream, this.clock.now());
-    if (this.maxSize === 0) this.file.write(records);
-    else this.writeBounded(records);
+    const timestamp = this.clock.now();
+    for (let start = 0; start < chunk.length; ) {
+      const end = sliceEnd(chunk, start, this.sliceInput);
+      const records = this.encoder.encode(start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end), stream, timestamp);
+      if (this.maxSize === 0) this.file.write(records);
+      else this.writeBounded(records);
+      this.sliceInput = nextSliceInput(end - start, records.length);
+      start = end;
+    }
   }
 
   /**

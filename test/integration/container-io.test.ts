@@ -2,8 +2,8 @@
 // socket by an in-process fake runtime, and (when installed) runc with a terminal bundle.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
-import { ContainerIO, STDIN_BACKLOG_LIMIT, type OutputSubscriber, type StreamName } from "../../src/container-io.ts";
-import { closeQuietly, fdTarget, listOpenFds, readFd, setNonBlocking, writeAll } from "../../ffi/fd.ts";
+import { BUSY_PIPE_SIZE, ContainerIO, STDIN_BACKLOG_LIMIT, type OutputSubscriber, type StreamName } from "../../src/container-io.ts";
+import { closeQuietly, dupFd, fdTarget, getPipeSize, listOpenFds, readFd, setNonBlocking, writeAll } from "../../ffi/fd.ts";
 import { connectUnix, sendMsg } from "../../ffi/socket.ts";
 import { watchedCount } from "../../ffi/poller.ts";
 import { getWindowSize, openPty } from "../../ffi/tty.ts";
@@ -88,6 +88,29 @@ describe("streams mode", () => {
     expect(seen.text("stderr")).toBe("y\n");
     expect(seen.ends.sort()).toEqual(["stderr", "stdout"]);
     expect(logged.sort()).toEqual(["stderr:y\n", "stdout:x\n"]);
+    io.close();
+  });
+
+  test("a stream that fills its pipe gets a bigger pipe; a quiet one keeps the default", async () => {
+    const io = ContainerIO.streams({ stdin: false });
+    const [, outFd, errFd] = io.childStdio;
+    // Our own references to the pipes (closed below, so the streams still end).
+    const out = dupFd(outFd as number);
+    const err = dupFd(errFd as number);
+    let received = 0;
+    io.subscribe({ onData: (_s, chunk) => void (received += chunk.length), onEnd() {} });
+    io.start();
+    const proc = spawnWith(io, ["head", "-c", "4000000", "/dev/zero"]);
+    try {
+      expect(await proc.exited).toBe(0);
+      await waitFor(() => received === 4_000_000, 5000, "all output");
+      expect(getPipeSize(out)).toBe(BUSY_PIPE_SIZE);
+      expect(getPipeSize(err)).toBe(64 * 1024);
+    } finally {
+      closeQuietly(out);
+      closeQuietly(err);
+    }
+    await io.ended;
     io.close();
   });
 

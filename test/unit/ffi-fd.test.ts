@@ -5,7 +5,7 @@ import { join } from "node:path";
 import {
   ERRNO, O, SysError, closeFd, fsyncFd, isErrno, readLink, closeQuietly, dupFd, errnoName, eventfd, fdTarget, getStatusFlags,
   isCloexec, isNonBlocking, isOpenFd, listOpenFds, memfdCreate, mkdirP, openFd, pipe, readEventfd,
-  readFd, sealFd, setCloexec, setNonBlocking, writeAll, writeEventfd, writeFd,
+  readFd, sealFd, setCloexec, setNonBlocking, writeAll, writeEventfd, writeFd, getPipeSize, setPipeSize,
 } from "../../ffi/index.ts";
 
 const enc = new TextEncoder();
@@ -163,6 +163,21 @@ describe("pipes", () => {
     try {
       expect((thrown(() => writeFd(w, enc.encode("x"))) as SysError).code).toBe("EPIPE");
     } finally {
+      closeFd(w);
+    }
+  });
+
+  test("setPipeSize grows a pipe (either end) and getPipeSize reads it back; shrinking below the content is EBUSY", () => {
+    const [r, w] = pipe();
+    try {
+      expect(getPipeSize(w)).toBe(64 * 1024);
+      expect(setPipeSize(r, 1024 * 1024)).toBe(1024 * 1024);
+      expect(getPipeSize(w)).toBe(1024 * 1024);
+      setNonBlocking(w);
+      expect(writeFd(w, new Uint8Array(256 * 1024))).toBe(256 * 1024); // room beyond the default 64 KiB
+      expect((thrown(() => setPipeSize(w, 4096)) as SysError).code).toBe("EBUSY");
+    } finally {
+      closeFd(r);
       closeFd(w);
     }
   });

@@ -10,7 +10,11 @@ import {
   encodeCriChunk,
   formatEpochMillis,
   formatRfc3339Utc,
+  MAX_SLICE_INPUT,
+  MIN_SLICE_INPUT,
+  nextSliceInput,
   preciseWallClockMillis,
+  sliceEnd,
   type TimestampClock,
 } from "../../src/log-cri.ts";
 
@@ -213,6 +217,39 @@ describe("CRI log file", () => {
       .split("\n")
       .filter(Boolean)
       .map((l) => l.slice(TS.length + 1));
+
+  test("a 1 MiB chunk is written in slices that never cut a line shorter than 128 KiB: same file as one encode", () => {
+    const path = join(dir, "big.log");
+    const driver = CriLogDriver.open(path, 0, fixedClock);
+    const parts: string[] = [];
+    // Runs of empty and short lines (small slices) followed by long lines (longer than those slices).
+    for (let i = 0, size = 0; size < 1024 * 1024; i++) {
+      const line = `${"x".repeat(i % 50 < 40 ? i % 3 : 20_000 + 97 * i)}\n`;
+      parts.push(line);
+      size += line.length;
+    }
+    const chunk = bytes(`${parts.join("")}tail-without-newline`);
+    driver.write("stdout", chunk);
+    driver.close();
+    expect(Buffer.compare(readFileSync(path), Buffer.from(referenceEncode(chunk, "stdout", TS)))).toBe(0);
+  });
+
+  test("slice ends: after the last newline; a longer line whole; a line over 128 KiB cut at 128 KiB", () => {
+    const chunk = bytes("aaaa\nbbbb\ncccccccccc\ndd");
+    expect(sliceEnd(chunk, 0, 8)).toBe(5);
+    expect(sliceEnd(chunk, 5, 8)).toBe(10);
+    expect(sliceEnd(chunk, 10, 8)).toBe(21); // the whole long line
+    expect(sliceEnd(chunk, 21, 8)).toBe(chunk.length);
+    const huge = new Uint8Array(MAX_SLICE_INPUT + 10).fill(0x78);
+    huge[MAX_SLICE_INPUT + 5] = 10;
+    expect(sliceEnd(huge, 0, 4096)).toBe(MAX_SLICE_INPUT);
+  });
+
+  test("the next slice's input follows the last slice's expansion, within bounds", () => {
+    expect(nextSliceInput(100_000, 137_000)).toBe(MAX_SLICE_INPUT); // 100-byte lines
+    expect(nextSliceInput(2, 35)).toBe(Math.floor((256 * 1024 * 2) / 35)); // 2-byte lines: ~15 KiB
+    expect(nextSliceInput(1, 1_000_000)).toBe(MIN_SLICE_INPUT);
+  });
 
   test("maxSize 150 with lines a..f written one by one leaves d, e, f", () => {
     const path = join(dir, "c.log");
