@@ -109,9 +109,17 @@ const WORD_PREFIX_MIN = 12;
 /** The word stores may run this far past a short prefix; the bytes there are overwritten later. */
 const PREFIX_OVERSHOOT = 28;
 
+// One output buffer for every encoder in the process, grown on demand: a result is only valid until
+// the next encode() of any encoder, and every caller writes it out before encoding again (reads
+// are dispatched one at a time). A container therefore costs no buffer of its own, idle or busy;
+// the drivers' slicing bounds the size.
+const INITIAL_OUTPUT_BYTES = 64 * 1024;
+let sharedOut = new Uint8Array(0);
+let sharedView = new DataView(sharedOut.buffer);
+
 /**
- * Formats read chunks into CRI records. Holds one growable output buffer that is reused for every
- * chunk, so the steady state allocates nothing but two small views per chunk.
+ * Formats read chunks into CRI records, into the process-wide output buffer (see above), so the
+ * steady state allocates nothing but two small views per chunk.
  *
  * Why it looks like this (measured, Bun 1.4.4, 4 KiB chunks): per-line native calls
  * (`indexOf`, `subarray` + `set`) cost ~25-50 ns each, more than the work for a short line. So the
@@ -119,8 +127,6 @@ const PREFIX_OVERSHOOT = 28;
  * with a SWAR newline test; only lines longer than WORD_COPY_BUDGET fall back to native calls.
  */
 export class CriEncoder {
-  private out: Uint8Array = new Uint8Array(64 * 1024);
-  private outView = new DataView(this.out.buffer);
   private prefixTimestamp: string | undefined;
   /** `<ts> stdout F ` / `<ts> stderr F `; P records patch the tag byte afterwards. */
   private stdoutPrefix = new Uint8Array(0);
@@ -139,9 +145,10 @@ export class CriEncoder {
   }
 
   /**
-   * All records of one chunk in one buffer. The result is a view of an internal buffer: it is only
-   * valid until the next call. `\n`-terminated segments become `F` records (content keeps its
-   * `\n`), a trailing unterminated segment becomes a `P` record with an added `\n`.
+   * All records of one chunk in one buffer. The result is a view of the shared output buffer: it is
+   * only valid until the next call of any encoder. `\n`-terminated segments become `F` records
+   * (content keeps its `\n`), a trailing unterminated segment becomes a `P` record with an added
+   * `\n`.
    */
   encode(chunk: Uint8Array, stream: LogStream, timestamp: string): Uint8Array {
     if (timestamp !== this.prefixTimestamp) this.buildPrefixes(timestamp);
@@ -154,8 +161,8 @@ export class CriEncoder {
     const lastWordStart = length - 8;
     const input = new DataView(chunk.buffer, chunk.byteOffset, length);
     const track = this.trackRecords;
-    let out = this.out;
-    let view = this.outView;
+    let out = sharedOut;
+    let view = sharedView;
     let pos = 0;
     let records = 0;
     let i = 0;
@@ -163,8 +170,8 @@ export class CriEncoder {
     while (i < length) {
       const needed = pos + prefixLength + PREFIX_OVERSHOOT + (length - i) + 1;
       if (needed > out.length) {
-        out = this.grow(needed, pos);
-        view = this.outView;
+        out = growSharedOutput(needed, pos);
+        view = sharedView;
       }
       const recordStart = pos;
       if (wordPrefix) writePrefix(view, pos, prefixLength, words);
@@ -223,14 +230,6 @@ export class CriEncoder {
     this.prefixTimestamp = timestamp;
   }
 
-  private grow(needed: number, used: number): Uint8Array {
-    const grown = new Uint8Array(Math.max(needed, this.out.length * 2));
-    grown.set(this.out.subarray(0, used));
-    this.out = grown;
-    this.outView = new DataView(grown.buffer);
-    return grown;
-  }
-
   private recordEnd(index: number, end: number): void {
     if (index >= this.recordEnds.length) {
       const grown = new Int32Array(this.recordEnds.length * 2);
@@ -239,6 +238,15 @@ export class CriEncoder {
     }
     this.recordEnds[index] = end;
   }
+}
+
+/** Grows the shared output buffer to hold `needed` bytes, keeping the first `used`. */
+function growSharedOutput(needed: number, used: number): Uint8Array {
+  const grown = new Uint8Array(Math.max(needed, sharedOut.length * 2, INITIAL_OUTPUT_BYTES));
+  grown.set(sharedOut.subarray(0, used));
+  sharedOut = grown;
+  sharedView = new DataView(grown.buffer);
+  return grown;
 }
 
 /**
