@@ -129,7 +129,7 @@ class AttachClient implements OutputSubscriber {
   onData(stream: StreamName, chunk: Uint8Array): void {
     if (this.doneQueued || this.closed) return;
     const tag = tagOf(stream);
-    for (let offset = 0; offset < chunk.length && !this.closed; offset += ATTACH_MAX_PAYLOAD) {
+    for (let offset = 0; offset < chunk.length && !this.closed && !this.doneQueued; offset += ATTACH_MAX_PAYLOAD) {
       const length = Math.min(ATTACH_MAX_PAYLOAD, chunk.length - offset);
       packetBuffer[0] = tag;
       packetBuffer.set(chunk.subarray(offset, offset + length), 1);
@@ -187,16 +187,34 @@ class AttachClient implements OutputSubscriber {
     this.updateInterest();
   }
 
-  /** true: sent; false: the socket is full; null: the client is gone (and closed now). */
+  /** true: sent; false: the socket is full; null: the client is gone (output stopped). */
   private trySend(packet: Uint8Array): boolean | null {
     try {
       return sendMsg(this.fd, packet) !== null;
     } catch (e) {
       // EPIPE / ECONNRESET: the client went away.
-      if (!isErrno(e, "EPIPE") && !isErrno(e, "ECONNRESET")) this.log.warn(`attach client fd ${this.fd}: ${errorChain(e)}`);
-      this.close();
+      if (!isErrno(e, "EPIPE") && !isErrno(e, "ECONNRESET")) {
+        this.log.warn(`attach client fd ${this.fd}: ${errorChain(e)}`);
+        this.close();
+      } else {
+        this.stopOutput();
+      }
       return null;
     }
+  }
+
+  /**
+   * The client cannot take output any more. What it sent before leaving is still queued for us
+   * (and the EOF after it, which may close the container's stdin): keep reading until then.
+   */
+  private stopOutput(): void {
+    this.doneQueued = true;
+    this.doneSent = true;
+    this.backlog.length = 0;
+    this.backlogBytes = 0;
+    this.unsubscribe();
+    if (this.readOpen) this.updateInterest();
+    else this.close();
   }
 
   private flush(): void {
@@ -236,15 +254,24 @@ class AttachClient implements OutputSubscriber {
 
   /** Bytes received, 0 at EOF, null when nothing is waiting (or the client broke and is closed). */
   private receive(): number | null {
-    try {
-      const msg = recvMsg(this.fd, stdinBuffer, 0);
-      if (msg === null) return null;
-      if (msg.dataTruncated) this.log.warn(`attach client fd ${this.fd}: stdin message longer than ${STDIN_READ_BUFFER_SIZE} bytes was truncated`);
-      return msg.n;
-    } catch (e) {
-      if (!isErrno(e, "ECONNRESET")) this.log.warn(`attach client fd ${this.fd}: ${errorChain(e)}`);
-      this.close();
-      return null;
+    for (let resets = 0; ; resets++) {
+      try {
+        const msg = recvMsg(this.fd, stdinBuffer, 0);
+        if (msg === null) return null;
+        if (msg.dataTruncated) this.log.warn(`attach client fd ${this.fd}: stdin message longer than ${STDIN_READ_BUFFER_SIZE} bytes was truncated`);
+        return msg.n;
+      } catch (e) {
+        // A client that closes with our packets unread gets ECONNRESET reported to us once,
+        // BEFORE the messages it sent and its EOF, which are still queued: read on.
+        if (isErrno(e, "ECONNRESET") && resets === 0) {
+          this.stopOutput();
+          if (!this.closed) continue;
+          return null;
+        }
+        if (!isErrno(e, "ECONNRESET")) this.log.warn(`attach client fd ${this.fd}: ${errorChain(e)}`);
+        this.close();
+        return null;
+      }
     }
   }
 
@@ -307,8 +334,13 @@ export class AttachServer {
     const path = resolve(socketPath);
     const existing = servers.get(path);
     if (existing !== undefined) {
-      log.debug(`attach socket ${path} already listening`);
-      return existing;
+      if (existing.ownsSocketFile()) {
+        log.debug(`attach socket ${path} already listening`);
+        return existing;
+      }
+      // The file was removed (the Go client removes it when its last attach ends) or replaced:
+      // nobody can connect to that listener any more. Upstream then listens anew; so do we.
+      existing.stopListening();
     }
     if (pathExists(path)) {
       if (!isStaleSocket(path)) {
@@ -332,6 +364,29 @@ export class AttachServer {
       }
       throw withContext(`create attach socket ${path}`, e);
     }
+  }
+
+  /** The socket file at our path is still the one we bound. */
+  ownsSocketFile(): boolean {
+    try {
+      return this.listenFd !== null && statSync(this.socketPath).ino === this.socketIno;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Stops accepting (connected clients stay) and forgets the path, without touching the file. */
+  stopListening(): void {
+    // Connections still in the backlog (a client that sent its input and left before we got to
+    // accept it) would be dropped with the listener, and their input with them.
+    this.acceptPending();
+    this.listenWatch?.close();
+    this.listenWatch = null;
+    if (this.listenFd !== null) {
+      closeQuietly(this.listenFd);
+      this.listenFd = null;
+    }
+    if (servers.get(this.socketPath) === this) servers.delete(this.socketPath);
   }
 
   get clientCount(): number {
