@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type { ServerConfig } from "./cli.ts";
 import { ChildReaper, spawnTracked, type ExitInfo } from "./child-reaper.ts";
 import { ContainerIO, type StreamName } from "./container-io.ts";
-import { errorChain } from "./errors.ts";
+import { errorChain, withContext } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import { execArgs } from "./runtime-args.ts";
 import { runtimeConfig } from "./runtime.ts";
@@ -81,6 +81,63 @@ export function killTree(pid: number): void {
   }
 }
 
+export interface RuntimeExecRequest {
+  id: string;
+  command: string[];
+  systemdCgroup: boolean;
+  /** `--pid-file`; the caller removes it. */
+  pidFile: string;
+  /** Added to the runtime process's environment (not the exec'd command's, quirk Q18). */
+  env?: Record<string, string>;
+  /** Hand `io`'s stdin pipe to the runtime (the exec'd process inherits it); else /dev/null. */
+  stdin: boolean;
+}
+
+/** Runs `<runtime> ... exec -d` with `io`'s child ends (or its console socket), starts `io`
+ * reading once its fds are connected, and resolves with the exec'd process's pid from the pid
+ * file. Rejects with context when the runtime fails; the runtime itself has exited either way. */
+export async function startRuntimeExec(config: ServerConfig, io: ContainerIO, req: RuntimeExecRequest): Promise<number> {
+  const argv = [
+    config.runtime,
+    ...execArgs(runtimeConfig(config), { id: req.id, command: req.command, systemdCgroup: req.systemdCgroup, pidFile: req.pidFile, consoleSocket: io.consoleSocketPath }),
+  ];
+  const [stdinFd, stdoutFd, stderrFd] = io.childStdio;
+  const proc = spawnTracked(argv, {
+    env: { ...process.env, ...req.env },
+    stdio: [req.stdin ? stdinFd : "ignore", io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd] as any,
+  });
+  io.afterSpawn();
+  // Terminal: the runtime's own output never reaches the pty; keep it for the error message.
+  const runtimeOutput = io.terminal
+    ? Promise.all([new Response(proc.stdout as any).text(), new Response(proc.stderr as any).text()]).then(([o, e]) => (o + e).trim())
+    : Promise.resolve("");
+  if (io.terminal) {
+    try {
+      await io.waitForPty(proc.exited);
+    } catch (err) {
+      await proc.exited;
+      throw err;
+    }
+  }
+  // Streams: read while the runtime runs, so a chatty runtime cannot fill the pipe and hang.
+  io.start();
+  const runtimeStatus = await proc.exited;
+  if (runtimeStatus !== 0) {
+    // Streams mode: the runtime's complaint went to the exec's stderr pipe (the caller's output).
+    const output = await runtimeOutput;
+    throw new Error(`runtime exec exited with ${runtimeStatus}${output ? `: ${output}` : ""}`);
+  }
+  let text: string;
+  try {
+    text = readFileSync(req.pidFile, "utf8");
+  } catch (err) {
+    throw withContext("read exec pid file", err);
+  }
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`parse exec pid file ${req.pidFile}: '${text.trim()}'`);
+  return pid;
+}
+
 export class ExecSync {
   /** Exec processes running now (pid → exit), so shutdown can kill and reap them. */
   private readonly running = new Map<number, Promise<ExitInfo>>();
@@ -130,36 +187,18 @@ export class ExecSync {
         onData: (stream: StreamName, chunk: Uint8Array) => out[stream].push(chunk),
         onEnd() {},
       });
-      const argv = [
-        this.config.runtime,
-        ...execArgs(runtimeConfig(this.config), { id: opts.id, command: opts.command, systemdCgroup: opts.systemdCgroup, pidFile, consoleSocket: io.consoleSocketPath }),
-      ];
-      const [, stdoutFd, stderrFd] = io.childStdio;
-      const proc = spawnTracked(argv, {
-        env: { ...process.env, ...opts.env },
-        stdio: ["ignore", io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd] as any,
-      });
-      io.afterSpawn();
-      if (io.terminal) {
-        try {
-          await io.waitForPty(proc.exited);
-        } catch (err) {
-          this.log.warn(`exec in ${opts.id}: ${errorChain(err)}`);
-          await proc.exited;
-          return failed();
-        }
-      }
-      io.start();
-      const runtimeStatus = await proc.exited;
-      if (runtimeStatus !== 0) {
-        this.log.warn(`exec in ${opts.id}: runtime exec exited with ${runtimeStatus}`);
-        return failed();
-      }
       let pid: number;
       try {
-        pid = Number(readFileSync(pidFile, "utf8").trim());
+        pid = await startRuntimeExec(this.config, io, {
+          id: opts.id,
+          command: opts.command,
+          systemdCgroup: opts.systemdCgroup,
+          pidFile,
+          env: opts.env,
+          stdin: false,
+        });
       } catch (err) {
-        this.log.warn(`exec in ${opts.id}: read exec pid file: ${errorChain(err)}`);
+        this.log.warn(`exec in ${opts.id}: ${errorChain(err)}`);
         return failed();
       }
       const exited = this.track(pid);
