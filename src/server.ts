@@ -144,6 +144,15 @@ export function runServer(config: ServerConfig): Server {
   server.onShutdown(() => fdSocket.close());
   const execSync = new ExecSync(config, reaper, server.logger);
   server.handle("execSyncContainer", execSync.handle);
+  // serveExec/serveAttach/servePortForward: the WebSocket server starts with the first call. Its
+  // shutdown hook runs before the containers are killed, so sessions end before their containers.
+  // (Required here, not imported at the top, to keep the streaming concern's edit in one place.)
+  const { StreamingServer } = require("./streaming-server.ts") as typeof import("./streaming-server.ts");
+  const streaming = new StreamingServer(config, containers, reaper, server.logger);
+  server.handle("serveExecContainer", streaming.handleServeExec);
+  server.handle("serveAttachContainer", streaming.handleServeAttach);
+  server.handle("servePortForwardContainer", streaming.handleServePortForward);
+  server.onShutdown(() => streaming.shutdown());
   server.onShutdown(() => Promise.all([containers.killAll(), execSync.killAll()]).then(() => {}));
   // createNamespaces: one pause per pod; its pins go after the containers that joined them.
   const namespaces = new Namespaces(server.logger);
