@@ -12,7 +12,7 @@ import { closeQuietly, listOpenFds } from "../../ffi/fd.ts";
 import { watchedCount } from "../../ffi/poller.ts";
 import { connectUnix, recvMsg, sendMsg } from "../../ffi/socket.ts";
 import { makeBundle, type BundleOptions } from "../helpers/bundle.ts";
-import { removeDir, rssAnonKiB, tmpDir, uniqueId, waitFor, waitForFile } from "../helpers/proc.ts";
+import { childrenOf, procState, removeDir, rssAnonKiB, tmpDir, uniqueId, waitFor, waitForFile } from "../helpers/proc.ts";
 import { runtimes, spawnPrefix, type Runtime } from "../helpers/runtimes.ts";
 import { startServer, type TestServer } from "../helpers/server.ts";
 
@@ -59,6 +59,13 @@ class Sink {
   waitFor(needle: string | RegExp, what: string, timeoutMs = 10_000): Promise<unknown> {
     return waitFor(() => (typeof needle === "string" ? this.text().includes(needle) : needle.test(this.text())), timeoutMs, `${what}; got ${JSON.stringify(this.text().slice(-300))}`);
   }
+}
+
+/** A promise the test awaits only later: its rejection meanwhile must not count as unhandled
+ * (Bun then fails the test at once, and its `finally` cleanup may never run). */
+function awaitedLater<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
 }
 
 const CRI_LINE = /^\S+ (stdout|stderr) ([FP]) ([^\n]*)$/;
@@ -177,14 +184,39 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
     expect(text(tty.stderr)).toBe("");
   }, CASE_MS);
 
-  test("exec `sleep 5` with timeout 3: timedOut, -3, answered after 3 s, the process is gone", async () => {
+  // The deadline starts when `runtime exec -d` has returned (as upstream), and on a busy 2-core box
+  // the runtime alone can take more than 0.5 s. So the upper bound is measured from the moment the
+  // runtime process (the server's child) is seen gone, polled every 5 ms; the lower bound from the
+  // call.
+  test("exec `sleep 5` with timeout 3: timedOut, -3, answered 3 s after the runtime returned, the process is gone", async () => {
+    const serverPid = server.client.pid;
+    let runtimePid: number | undefined;
+    let runtimeGoneAt: number | undefined;
+    const spy = setInterval(() => {
+      if (runtimePid === undefined) {
+        for (const child of childrenOf(serverPid)) {
+          let argv: string[];
+          try {
+            argv = readFileSync(`/proc/${child}/cmdline`, "utf8").split("\0");
+          } catch {
+            continue;
+          }
+          if (argv.includes("exec") && argv.at(-3) === "sleep" && argv.at(-2) === "5") runtimePid = child;
+        }
+      } else if (runtimeGoneAt === undefined && [undefined, "Z"].includes(procState(runtimePid))) {
+        runtimeGoneAt = performance.now();
+      }
+    }, 5);
     const started = performance.now();
-    const res = await exec({ command: ["sleep", "5"], timeoutSec: 3 });
-    const elapsed = performance.now() - started;
+    const res = await exec({ command: ["sleep", "5"], timeoutSec: 3 }).finally(() => clearInterval(spy));
+    const answeredAt = performance.now();
     expect(res.timedOut).toBe(true);
     expect(res.exitCode).toBe(-3);
-    expect(elapsed).toBeGreaterThanOrEqual(3000);
-    expect(elapsed).toBeLessThan(3500);
+    expect(answeredAt - started).toBeGreaterThanOrEqual(3000);
+    expect(runtimeGoneAt).toBeDefined();
+    const sinceRuntimeDone = answeredAt - runtimeGoneAt!;
+    expect(sinceRuntimeDone).toBeGreaterThanOrEqual(3000 - 10); // the 5 ms polling
+    expect(sinceRuntimeDone).toBeLessThan(3500);
     const ps = await exec({ command: ["ps", "-o", "pid,args"] });
     expect(ps.exitCode).toBe(0);
     expect(text(ps.stdout)).toMatch(/ sleep 1000$/m);
@@ -296,7 +328,7 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
     try {
       const stdin = new Pushable();
       const stdout = new Sink();
-      const attached = server.client.attachContainer({
+      const attached = awaitedLater(server.client.attachContainer({
         id: c.id,
         socketPath: c.attachPath,
         tty: true,
@@ -304,7 +336,7 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
         streams: { stdin, stdout: stdout.write },
         // Output produced before the client connected is not replayed: start once connected.
         preAttach: () => c.start(),
-      });
+      }));
       await stdout.waitFor("/ # ", "the shell prompt");
       stdin.push("echo hi\n");
       await stdout.waitFor(/\r\nhi\r\n/, "`hi` echoed back");
@@ -326,12 +358,12 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
         const stdin = new Pushable();
         const stdout = new Sink();
         const stderr = new Sink();
-        const attached = server.client.attachContainer({
+        const attached = awaitedLater(server.client.attachContainer({
           id: c.id,
           socketPath: c.attachPath,
           containerStdin: true,
           streams: { stdin, stdout: stdout.write, stderr: stderr.write },
-        });
+        }));
         stdin.push(`${round}\n`);
         await stdout.waitFor(`o ${round}\n`, `${round} stdout`);
         await stderr.waitFor(`e ${round}\n`, `${round} stderr`);
@@ -383,7 +415,7 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
       await waitFor(() => criText(c.log) === "o a\n", 5000, "`o a` in the log");
 
       const stdin = new Pushable();
-      const failing = attach({ streams: { stdin, stdout: () => { throw new Error("stdout sink broke"); } } });
+      const failing = awaitedLater(attach({ streams: { stdin, stdout: () => { throw new Error("stdout sink broke"); } } }));
       stdin.push("b\n");
       await expect(failing).rejects.toThrow("stdout sink broke");
       await released("stdout callback throws");
@@ -396,7 +428,7 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
       // The container ends while stdin is still open: `[0]` ends the attach.
       const open = new Pushable();
       const stdout = new Sink();
-      const ended = attach({ streams: { stdin: open, stdout: stdout.write } });
+      const ended = awaitedLater(attach({ streams: { stdin: open, stdout: stdout.write } }));
       open.push("exit\n");
       await ended;
       expect(stdout.text()).toBe("o exit\n");
@@ -413,13 +445,13 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
     try {
       const stdin = new Pushable();
       const stdout = new Sink();
-      const attached = server.client.attachContainer({
+      const attached = awaitedLater(server.client.attachContainer({
         id: c.id,
         socketPath: c.attachPath,
         containerStdin: true,
         stopAfterStdinEof: true,
         streams: { stdin, stdout: stdout.write },
-      });
+      }));
       stdin.push("line one\n");
       await stdout.waitFor("line one\n", "cat's echo");
       stdin.push("partial"); // no newline: only the EOF flushes it out of `cat`
@@ -518,14 +550,14 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
       async function* sizes() {
         yield { width: 33, height: 44 };
       }
-      const attached = server.client.attachContainer({
+      const attached = awaitedLater(server.client.attachContainer({
         id: c.id,
         socketPath: c.attachPath,
         tty: true,
         containerStdin: true,
         resize: sizes(),
         streams: { stdin, stdout: stdout.write },
-      });
+      }));
       await stdout.waitFor("44 33\r\n", "`stty size` printing 44 33 through the attach");
       stdin.push(Uint8Array.of(CTRL_P, CTRL_Q));
       await expect(attached).rejects.toBeInstanceOf(DetachError);
