@@ -91,6 +91,26 @@ export interface RuntimeExecRequest {
   env?: Record<string, string>;
   /** Hand `io`'s stdin pipe to the runtime (the exec'd process inherits it); else /dev/null. */
   stdin: boolean;
+  /**
+   * Called once with the exec'd process's pid as soon as the pid file names it (looked for every
+   * 50 ms while the runtime runs), at the latest just before the pid is returned. Start watching
+   * the process here: under load the runtime can exit long after the process did, which is then
+   * already our zombie (re-parented to us, the subreaper), and the child reaper takes the status
+   * of a zombie nobody watches after its grace period (1 s); the exit code would be lost (-1).
+   */
+  onPid?: (pid: number) => void;
+}
+
+const PID_FILE_POLL_MS = 50;
+
+/** The pid in an exec pid file, or null while it is missing or not fully written. */
+function pidFromFile(path: string): number | null {
+  try {
+    const pid = Number(readFileSync(path, "utf8").trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Runs `<runtime> ... exec -d` with `io`'s child ends (or its console socket), starts `io`
@@ -107,6 +127,31 @@ export async function startRuntimeExec(config: ServerConfig, io: ContainerIO, re
     stdio: [req.stdin ? stdinFd : "ignore", io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd] as any,
   });
   io.afterSpawn();
+  let reported = false;
+  const report = (pid: number) => {
+    if (reported) return;
+    reported = true;
+    req.onPid?.(pid);
+  };
+  const poll = req.onPid
+    ? setInterval(() => {
+        const pid = pidFromFile(req.pidFile);
+        if (pid !== null) report(pid);
+      }, PID_FILE_POLL_MS)
+    : undefined;
+  try {
+    return await finishRuntimeExec(proc, io, req, report);
+  } finally {
+    clearInterval(poll);
+  }
+}
+
+async function finishRuntimeExec(
+  proc: ReturnType<typeof spawnTracked>,
+  io: ContainerIO,
+  req: RuntimeExecRequest,
+  report: (pid: number) => void,
+): Promise<number> {
   // Terminal: the runtime's own output never reaches the pty; keep it for the error message.
   const runtimeOutput = io.terminal
     ? Promise.all([new Response(proc.stdout as any).text(), new Response(proc.stderr as any).text()]).then(([o, e]) => (o + e).trim())
@@ -135,6 +180,7 @@ export async function startRuntimeExec(config: ServerConfig, io: ContainerIO, re
   }
   const pid = Number(text.trim());
   if (!Number.isInteger(pid) || pid <= 0) throw new Error(`parse exec pid file ${req.pidFile}: '${text.trim()}'`);
+  report(pid);
   return pid;
 }
 
@@ -188,6 +234,7 @@ export class ExecSync {
         onEnd() {},
       });
       let pid: number;
+      let exited: Promise<ExitInfo> | undefined;
       try {
         pid = await startRuntimeExec(this.config, io, {
           id: opts.id,
@@ -196,12 +243,13 @@ export class ExecSync {
           pidFile,
           env: opts.env,
           stdin: false,
+          onPid: (p) => (exited = this.track(p)),
         });
       } catch (err) {
         this.log.warn(`exec in ${opts.id}: ${errorChain(err)}`);
         return failed();
       }
-      const exited = this.track(pid);
+      exited ??= this.track(pid);
       const deadline = opts.timeoutSec > 0 ? Bun.sleep(opts.timeoutSec * 1000).then(() => "timeout" as const) : undefined;
       const first = await (deadline ? Promise.race([exited, deadline]) : exited);
       if (first === "timeout") {

@@ -3,7 +3,7 @@
 // attach client, exec memory, exec never shadowing or logging into the container).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CgroupManager } from "../../src/client/index.ts";
 import { DetachError, DetachScanner, type AttachConfig } from "../../src/client/attach.ts";
@@ -262,6 +262,30 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
       await Promise.all(containers.map((c) => c.remove()));
     }
   }, 60_000);
+
+  // Under load `runtime exec -d` can exit long after the exec'd process: that process is then our
+  // zombie before the server has read the pid file. The child reaper sweeps unwatched zombies
+  // after a grace period (1 s), and its exit status would be lost (answered as -1). A runtime that
+  // lingers 1.5 s after every exec makes this deterministic.
+  test("an exec whose runtime lingers after the process exited still answers its exit code", async () => {
+    const wrapper = join(work, `${rt.name}-lingering`);
+    writeFileSync(wrapper, `#!/bin/sh\n"${rt.path}" "$@"\nrc=$?\ncase " $* " in *" exec "*) sleep 1.5;; esac\nexit $rc\n`, { mode: 0o755 });
+    const own = await startServer({ name: rt.name, path: wrapper }, { runtimeRoot: runtimeRoot(), logLevel: "info" });
+    const bundle = await makeBundle({ args: ["sleep", "1000"] });
+    const id = uniqueId(`${rt.name}-linger-`);
+    try {
+      await own.client.createContainer({ id, bundlePath: bundle.dir, cgroupManager: CgroupManager.cgroupfs });
+      expect((await runtime("start", id)).code).toBe(0);
+      const results = await Promise.all(
+        [3, 0, 7].map((code) => own.client.execSyncContainer({ id, command: ["sh", "-c", `echo x${code}; exit ${code}`], cgroupManager: CgroupManager.cgroupfs })),
+      );
+      expect(results.map((r) => [r.exitCode, text(r.stdout)])).toEqual([[3, "x3\n"], [0, "x0\n"], [7, "x7\n"]]);
+    } finally {
+      await runtime("delete", "--force", id);
+      await bundle.cleanup();
+      await own.stop();
+    }
+  }, CASE_MS);
 
   test("exec output never reaches the container's log, and the container is not shadowed by an exec", async () => {
     const c = await create({ args: ["sh", "-c", "echo container-line; sleep 1000"] });
