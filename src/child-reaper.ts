@@ -76,6 +76,14 @@ const SAFETY_SCAN_INTERVAL_MS = 1000;
  */
 const UNWATCHED_ZOMBIE_GRACE_MS = 1000;
 
+/**
+ * Statuses the sweep took from processes nobody watched yet are kept this long, so a watch()
+ * that comes late (an exec whose runtime lingered after starting it) still gets the real exit
+ * code instead of "reaped elsewhere". Short enough that pid reuse cannot hand a stale status to a
+ * new process.
+ */
+const SWEPT_STATUS_TTL_MS = 10_000;
+
 type Watched = {
   pid: number;
   pidfd: number;
@@ -90,6 +98,8 @@ export class ChildReaper {
   private readonly watched = new Map<number, Watched>();
   /** Unwatched zombie children: pid → when we first saw it as a zombie (performance.now()). */
   private readonly zombieSince = new Map<number, number>();
+  /** pid → status the sweep reaped, and when; see SWEPT_STATUS_TTL_MS. */
+  private readonly swept = new Map<number, { exit: ExitInfo; at: number }>();
   private safetyTimer: ReturnType<typeof setInterval> | undefined;
   private sweepTimer: ReturnType<typeof setTimeout> | undefined;
   private sweepQueued = false;
@@ -133,6 +143,8 @@ export class ChildReaper {
     if (spawnedPids.has(pid)) {
       return Promise.reject(new Error(`watch pid ${pid}: it is a Bun.spawn child; use proc.exited`));
     }
+    const swept = this.takeSwept(pid);
+    if (swept) return Promise.resolve(swept);
     let pidfd: number;
     try {
       pidfd = pidfdOpen(pid);
@@ -270,13 +282,30 @@ export class ChildReaper {
     this.sweepTimer.unref();
   }
 
+  private remember(pid: number, exit: ExitInfo): void {
+    const now = performance.now();
+    for (const [old, entry] of this.swept) if (now - entry.at > SWEPT_STATUS_TTL_MS) this.swept.delete(old);
+    this.swept.set(pid, { exit, at: now });
+  }
+
+  private takeSwept(pid: number): ExitInfo | undefined {
+    const entry = this.swept.get(pid);
+    if (!entry) return undefined;
+    this.swept.delete(pid);
+    return performance.now() - entry.at <= SWEPT_STATUS_TTL_MS ? entry.exit : undefined;
+  }
+
   private reapUnwatched(pid: number): void {
     this.zombieSince.delete(pid);
     let pidfd = -1;
     try {
       pidfd = pidfdOpen(pid);
       const status = waitPidfd(pidfd);
-      if (status) this.log.debug(`Reaped unwatched child ${pid} (${describeExit(exitInfo(status))})`);
+      if (status) {
+        const exit = exitInfo(status);
+        this.remember(pid, exit);
+        this.log.debug(`Reaped unwatched child ${pid} (${describeExit(exit)})`);
+      }
     } catch (err) {
       // Gone already (ESRCH), or reaped by its owner in between (ECHILD): nothing left to do.
       if (!isErrno(err, "ESRCH") && !isErrno(err, "ECHILD")) {

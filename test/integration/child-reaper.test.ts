@@ -249,6 +249,14 @@ describe("unwatched zombies", () => {
     expect(log.lines.some((l) => l.includes(`Reaped unwatched child ${pid}`))).toBe(true);
   });
 
+  test("a watch() that comes after the sweep reaped the zombie still gets its real status", async () => {
+    const pid = await spawnGrandchild("sh -c 'sleep 0.05; exit 42'");
+    grandchildren.push(pid);
+    await waitFor(() => procState(pid) === "Z", 2000, `pid ${pid} to become a zombie`);
+    await waitFor(() => parentOf(pid) !== process.pid, 5000, `unwatched zombie ${pid} to be reaped`);
+    expect(await reaper.watch(pid)).toEqual({ code: 42 });
+  });
+
   test("a zombie that nobody watches does not block later watches", async () => {
     const [orphan, watched] = await spawnGrandchildren(["sleep 0.05", "sh -c 'sleep 0.1; exit 5'"]);
     grandchildren.push(orphan!, watched!);
