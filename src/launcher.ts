@@ -14,9 +14,21 @@ const READY_TIMEOUT_MS = 10_000;
 /** argv that starts this same program again: compiled binary, or bun + script when run from source. */
 export function selfCommand(): string[] {
   const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
-  // /proc/self/exe still works after the binary was replaced on disk (an upgrade while pods
-  // run); the path would then name a deleted file. The new process renames itself `conmonrs`.
-  return compiled ? ["/proc/self/exe"] : [process.execPath, Bun.main];
+  return compiled ? [executablePath()] : [process.execPath, Bun.main];
+}
+
+/**
+ * Our binary's path. When it was replaced on disk while we run (an upgrade with pods running),
+ * the kernel names it `<path> (deleted)`: use the new file at the same path if there is one.
+ * /proc/self/exe is no answer: a launcher prefix such as unshare(1) resolves it to itself, and a
+ * process in a fresh user namespace may not read our /proc/<pid>/exe.
+ */
+function executablePath(): string {
+  const deleted = " (deleted)";
+  const path = process.execPath;
+  if (!path.endsWith(deleted)) return path;
+  const replaced = path.slice(0, -deleted.length);
+  return existsSync(replaced) ? replaced : `/proc/${process.pid}/exe`;
 }
 
 function accepts(socketPath: string): Promise<boolean> {

@@ -15,6 +15,7 @@ import { ExecSync } from "./exec-sync.ts";
 import { Namespaces } from "./namespaces.ts";
 import { FdSocket } from "./fd-socket.ts";
 import { SdNotifier } from "./sd-notify.ts";
+import { StreamingServer } from "./streaming-server.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
 
@@ -146,8 +147,6 @@ export function runServer(config: ServerConfig): Server {
   server.handle("execSyncContainer", execSync.handle);
   // serveExec/serveAttach/servePortForward: the WebSocket server starts with the first call. Its
   // shutdown hook runs before the containers are killed, so sessions end before their containers.
-  // (Required here, not imported at the top, to keep the streaming concern's edit in one place.)
-  const { StreamingServer } = require("./streaming-server.ts") as typeof import("./streaming-server.ts");
   const streaming = new StreamingServer(config, containers, reaper, server.logger);
   server.handle("serveExecContainer", streaming.handleServeExec);
   server.handle("serveAttachContainer", streaming.handleServeAttach);
