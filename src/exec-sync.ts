@@ -184,16 +184,43 @@ async function finishRuntimeExec(
   return pid;
 }
 
-export class ExecSync {
-  /** Exec processes running now (pid → exit), so shutdown can kill and reap them. */
+/** Exec'd processes running now (pid → reaped), so shutdown can kill and wait for them. */
+export class ExecProcesses {
   private readonly running = new Map<number, Promise<ExitInfo>>();
 
   constructor(
-    private readonly config: ServerConfig,
-    private readonly reaper: ChildReaper,
+    private readonly reaper: Pick<ChildReaper, "watch">,
     private readonly log: Logger,
   ) {}
 
+  /** Watches an exec'd process until it is reaped; never rejects. */
+  track(pid: number): Promise<ExitInfo> {
+    const exited = this.reaper.watch(pid).catch((err): ExitInfo => {
+      this.log.error(`watch exec ${pid}: ${errorChain(err)}`);
+      return { code: -1 };
+    });
+    this.running.set(pid, exited);
+    void exited.then(() => this.running.delete(pid));
+    return exited;
+  }
+
+  /** Kills every running exec and waits until each is reaped. */
+  async killAll(): Promise<void> {
+    for (const pid of this.running.keys()) killTree(pid);
+    await Promise.all(this.running.values());
+  }
+}
+
+export class ExecSync {
+  private readonly processes: ExecProcesses;
+
+  constructor(
+    private readonly config: ServerConfig,
+    reaper: ChildReaper,
+    private readonly log: Logger,
+  ) {
+    this.processes = new ExecProcesses(reaper, log);
+  }
 
 
   readonly handle = async (params: any, results: any): Promise<void> => {
@@ -267,20 +294,12 @@ export class ExecSync {
     }
   }
 
-  /** Watches an exec process until it is reaped; shutdown waits for these. */
   private track(pid: number): Promise<ExitInfo> {
-    const exited = this.reaper.watch(pid).catch((err): ExitInfo => {
-      this.log.error(`watch exec ${pid}: ${errorChain(err)}`);
-      return { code: -1 };
-    });
-    this.running.set(pid, exited);
-    void exited.then(() => this.running.delete(pid));
-    return exited;
+    return this.processes.track(pid);
   }
 
   /** Shutdown: kill every running exec and wait until it is reaped. */
-  async killAll(): Promise<void> {
-    for (const pid of this.running.keys()) killTree(pid);
-    await Promise.all(this.running.values());
+  killAll(): Promise<void> {
+    return this.processes.killAll();
   }
 }

@@ -13,7 +13,7 @@ import type { ServerConfig } from "./cli.ts";
 import type { ChildReaper, ExitInfo } from "./child-reaper.ts";
 import type { Containers } from "./containers.ts";
 import { errorChain, withContext } from "./errors.ts";
-import { killTree } from "./exec-sync.ts";
+import { ExecProcesses } from "./exec-sync.ts";
 import type { Logger } from "./logger.ts";
 import { Conmon_CgroupManager } from "../schema/conmon.ts";
 import {
@@ -55,8 +55,8 @@ function plain(status: number, message: string): Response {
 export class StreamingServer {
   private server: Server<SocketData> | null = null;
   private readonly sessions: SessionStore<Prepared>;
-  /** Exec'd processes of exec sessions (pid → reaped), for shutdown. */
-  private readonly running = new Map<number, Promise<ExitInfo>>();
+  /** Exec'd processes of exec sessions, for shutdown. */
+  private readonly processes: ExecProcesses;
   private readonly sockets = new Set<ServerWebSocket<SocketData>>();
   private stopping = false;
 
@@ -68,6 +68,7 @@ export class StreamingServer {
     opts: { sessions?: SessionStoreOptions } = {},
   ) {
     this.sessions = new SessionStore(opts.sessions);
+    this.processes = new ExecProcesses(reaper, log);
   }
 
   /** The server's origin (`http://127.0.0.1:<port>`), or undefined before the first serve* call. */
@@ -217,23 +218,12 @@ export class StreamingServer {
   private createSession(prepared: Prepared, protocol: string, url: URL): StreamSession {
     switch (prepared.kind) {
       case "exec":
-        return new ExecSession(prepared.req, protocol, { config: this.config, log: this.log, track: (pid) => this.track(pid) });
+        return new ExecSession(prepared.req, protocol, { config: this.config, log: this.log, track: (pid) => this.processes.track(pid) });
       case "attach":
         return new AttachSession(prepared.req, protocol, this.containers, this.log);
       case "port-forward":
         return new PortForwardSession(prepared.req, parsePorts(url.searchParams), this.log);
     }
-  }
-
-  /** Watches an exec session's process until reaped; shutdown kills what is still running. */
-  private track(pid: number): Promise<ExitInfo> {
-    const exited = this.reaper.watch(pid).catch((err): ExitInfo => {
-      this.log.error(`watch exec ${pid}: ${errorChain(err)}`);
-      return { code: -1 };
-    });
-    this.running.set(pid, exited);
-    void exited.then(() => this.running.delete(pid));
-    return exited;
   }
 
   // ---- shutdown -------------------------------------------------------------------------------
@@ -245,7 +235,6 @@ export class StreamingServer {
     const server = this.server;
     this.server = null;
     if (server) await Promise.race([server.stop(true), Bun.sleep(1000)]);
-    for (const pid of this.running.keys()) killTree(pid);
-    await Promise.all(this.running.values());
+    await this.processes.killAll();
   }
 }
