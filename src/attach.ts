@@ -15,11 +15,12 @@
 //  * A slow container stdin pauses reading from the clients instead of dropping their input.
 import { chmodSync, lstatSync, statSync, unlinkSync } from "node:fs";
 import { resolve } from "node:path";
+import { AcceptLoop } from "./accept-loop.ts";
 import type { Logger } from "./logger.ts";
 import type { ContainerIO, OutputSubscriber, StreamName } from "./container-io.ts";
 import { errorChain, withContext } from "./errors.ts";
 import { closeQuietly } from "../ffi/fd.ts";
-import { acceptConn, connectUnix, listenUnix, recvMsg, sendMsg } from "../ffi/socket.ts";
+import { connectUnix, listenUnix, recvMsg, sendMsg } from "../ffi/socket.ts";
 import { watch, type Readiness, type Watch } from "../ffi/poller.ts";
 import { isErrno } from "../ffi/errors.ts";
 
@@ -80,8 +81,6 @@ const STDIN_PAUSE_BYTES = 1024 * 1024;
 /** Client messages handled per wake-up before yielding to other fds. */
 const STDIN_MESSAGES_PER_WAKEUP = 64;
 const SOMAXCONN = 4096;
-/** After a failed accept (EMFILE, ...) the connection stays queued: retry later, not every tick. */
-const ACCEPT_RETRY_MS = 100;
 
 export type AttachOptions = {
   /** On a client's stdin EOF: close the container's stdin and call onStdinEof. */
@@ -310,18 +309,19 @@ class AttachClient implements OutputSubscriber {
 
 export class AttachServer {
   private readonly clients = new Set<AttachClient>();
-  private listenWatch: Watch | null;
+  private listener: AcceptLoop | null;
   private closed = false;
 
   private constructor(
     readonly socketPath: string,
-    private listenFd: number | null,
+    listenFd: number | null,
     private readonly socketIno: number | null,
     private readonly io: ContainerIO,
     private readonly opts: AttachOptions,
     private readonly log: Logger,
   ) {
-    this.listenWatch = listenFd === null ? null : watch(listenFd, { read: true }, () => this.acceptPending());
+    this.listener =
+      listenFd === null ? null : new AcceptLoop(listenFd, `attach socket ${socketPath}`, (fd) => this.addClient(fd), log);
   }
 
   /**
@@ -369,7 +369,7 @@ export class AttachServer {
   /** The socket file at our path is still the one we bound. */
   ownsSocketFile(): boolean {
     try {
-      return this.listenFd !== null && statSync(this.socketPath).ino === this.socketIno;
+      return this.listener !== null && statSync(this.socketPath).ino === this.socketIno;
     } catch {
       return false;
     }
@@ -379,13 +379,9 @@ export class AttachServer {
   stopListening(): void {
     // Connections still in the backlog (a client that sent its input and left before we got to
     // accept it) would be dropped with the listener, and their input with them.
-    this.acceptPending();
-    this.listenWatch?.close();
-    this.listenWatch = null;
-    if (this.listenFd !== null) {
-      closeQuietly(this.listenFd);
-      this.listenFd = null;
-    }
+    this.listener?.acceptPending();
+    this.listener?.close();
+    this.listener = null;
     if (servers.get(this.socketPath) === this) servers.delete(this.socketPath);
   }
 
@@ -397,35 +393,13 @@ export class AttachServer {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.listenWatch?.close();
-    this.listenWatch = null;
-    if (this.listenFd !== null) {
-      closeQuietly(this.listenFd);
-      this.listenFd = null;
+    if (this.listener !== null) {
+      this.listener.close();
+      this.listener = null;
       this.removeSocketFile();
       if (servers.get(this.socketPath) === this) servers.delete(this.socketPath);
     }
     for (const client of [...this.clients]) client.close();
-  }
-
-  private acceptPending(): void {
-    while (this.listenFd !== null) {
-      let fd: number | null;
-      try {
-        fd = acceptConn(this.listenFd);
-      } catch (e) {
-        this.log.error(`accept on attach socket ${this.socketPath}: ${errorChain(e)}`);
-        this.pauseAccepting();
-        return;
-      }
-      if (fd === null) return;
-      this.addClient(fd);
-    }
-  }
-
-  private pauseAccepting(): void {
-    this.listenWatch?.setInterest({});
-    setTimeout(() => this.listenWatch?.setInterest({ read: true }), ACCEPT_RETRY_MS).unref();
   }
 
   private addClient(fd: number): void {

@@ -21,11 +21,12 @@
 
 import type { FdStore } from "./containers.ts";
 import { errorChain, withContext } from "./errors.ts";
+import { AcceptLoop } from "./accept-loop.ts";
 import type { Logger } from "./logger.ts";
 import { closeQuietly } from "../ffi/fd.ts";
 import { isErrno } from "../ffi/errors.ts";
 import { watch, type Readiness, type Watch } from "../ffi/poller.ts";
-import { MAX_FDS_PER_MESSAGE, acceptConn, listenUnix, recvMsg, sendMsg, type ReceivedMessage } from "../ffi/socket.ts";
+import { MAX_FDS_PER_MESSAGE, listenUnix, recvMsg, sendMsg, type ReceivedMessage } from "../ffi/socket.ts";
 
 // ---- protocol (pure) --------------------------------------------------------------------------
 
@@ -141,7 +142,6 @@ const RECEIVE_BUFFER_BYTES = 16;
 const MESSAGES_PER_WAKEUP = 64;
 const LISTEN_BACKLOG = 128;
 /** After a failed accept (EMFILE, ...) the connection stays queued: retry later, not every tick. */
-const ACCEPT_RETRY_MS = 100;
 
 // Shared by all connections: used synchronously only, within one message.
 const receiveBuffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
@@ -267,8 +267,7 @@ class FdConnection {
 
 /** The fd socket and the slot store behind it. One per server. */
 export class FdSocket implements FdStore {
-  private listenFd: number | null = null;
-  private listenWatch: Watch | null = null;
+  private listener: AcceptLoop | null = null;
   private readonly connections = new Set<FdConnection>();
   private readonly slots = new Map<bigint, StoredFd>();
   private lastSlot = 0n;
@@ -292,12 +291,11 @@ export class FdSocket implements FdStore {
   /** Listens (once) and returns the socket path; later calls return the same path. */
   start(): string {
     if (this.shutDown) throw new Error("fd socket: server is shutting down");
-    if (this.listenFd !== null) return this.path;
+    if (this.listener !== null) return this.path;
     let fd: number | null = null;
     try {
       fd = listenUnix(this.path, "seqpacket", LISTEN_BACKLOG);
-      this.listenWatch = watch(fd, { read: true }, () => this.acceptPending());
-      this.listenFd = fd;
+      this.listener = new AcceptLoop(fd, `fd socket ${this.path}`, (conn) => this.addConnection(conn), this.log);
     } catch (e) {
       closeQuietly(fd);
       throw withContext(`start fd socket ${this.path}`, e);
@@ -324,10 +322,8 @@ export class FdSocket implements FdStore {
   /** Shutdown: listener, connections and every stored fd. The socket file is the server's to remove. */
   close(): void {
     this.shutDown = true;
-    this.listenWatch?.close();
-    this.listenWatch = null;
-    closeQuietly(this.listenFd);
-    this.listenFd = null;
+    this.listener?.close();
+    this.listener = null;
     for (const conn of [...this.connections]) conn.close();
     for (const { fd } of this.slots.values()) closeQuietly(fd);
     this.slots.clear();
@@ -356,26 +352,6 @@ export class FdSocket implements FdStore {
       this.slots.delete(slot);
       closeQuietly(stored.fd);
     }
-  }
-
-  private acceptPending(): void {
-    while (this.listenFd !== null) {
-      let fd: number | null;
-      try {
-        fd = acceptConn(this.listenFd);
-      } catch (e) {
-        this.log.error(`accept on fd socket ${this.path}: ${errorChain(e)}`);
-        this.pauseAccepting();
-        return;
-      }
-      if (fd === null) return;
-      this.addConnection(fd);
-    }
-  }
-
-  private pauseAccepting(): void {
-    this.listenWatch?.setInterest({});
-    setTimeout(() => this.listenWatch?.setInterest({ read: true }), ACCEPT_RETRY_MS).unref();
   }
 
   private addConnection(fd: number): void {
