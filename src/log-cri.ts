@@ -114,7 +114,7 @@ const PREFIX_OVERSHOOT = 28;
 // are dispatched one at a time). A container therefore costs no buffer of its own, idle or busy;
 // the drivers' slicing bounds the size.
 const INITIAL_OUTPUT_BYTES = 64 * 1024;
-let sharedOut = new Uint8Array(0);
+let sharedOut: Uint8Array = new Uint8Array(0);
 let sharedView = new DataView(sharedOut.buffer);
 
 /**
