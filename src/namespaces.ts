@@ -6,7 +6,7 @@
 // idempotent: the same paths come back and no second process is started (unless the first one
 // died, in which case its leftovers are removed and the pod is pinned afresh).
 
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import type { PauseConfig } from "./cli.ts";
 import { withContext } from "./errors.ts";
 import type { Logger } from "./logger.ts";
@@ -184,7 +184,7 @@ export class Namespaces {
     const existing = this.pods.get(podId);
     if (!existing) return this.begin(podId, this.startPod(req, podId));
     // A failed start removed itself from the map, so this rejects only for concurrent waiters.
-    return existing.then((pause) => (pause.exited ? this.replace(req, podId, existing, pause) : pause));
+    return existing.then((pause) => (isGone(pause) ? this.replace(req, podId, existing, pause) : pause));
   }
 
   /** Re-pins a pod whose pause died: its stale pins are removed before the new pause starts. */
@@ -275,5 +275,26 @@ export class Namespaces {
     this.pods.clear();
     const running = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
     await Promise.all(running.map((pause) => this.stop(pause)));
+  }
+}
+
+/**
+ * Whether a pause process has died. `exited` is set when Bun's `proc.exited` settles, which can
+ * come a turn after the process is gone, so also look at the process itself. (waitid with WNOWAIT
+ * on its pidfd does not see Bun's children while they are zombies, so the state comes from /proc;
+ * the pidfd answering signal 0 proves the pid still names our process.)
+ */
+function isGone(pause: Pause): boolean {
+  if (pause.exited) return true;
+  try {
+    pidfdSendSignal(pause.pidfd, 0);
+  } catch {
+    return true; // reaped already
+  }
+  try {
+    const stat = readFileSync(`/proc/${pause.pid}/stat`, "utf8");
+    return stat[stat.lastIndexOf(")") + 2] === "Z";
+  } catch {
+    return true;
   }
 }
