@@ -7,18 +7,10 @@ import {
   isCloexec, isNonBlocking, isOpenFd, listOpenFds, memfdCreate, mkdirP, openFd, pipe, readEventfd,
   readFd, sealFd, setCloexec, setNonBlocking, writeAll, writeEventfd, writeFd, getPipeSize, setPipeSize,
 } from "../../ffi/index.ts";
+import { leakedFds, thrown } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  throw new Error("expected a throw");
-}
 
 let fdsBefore: number[];
 beforeAll(() => {
@@ -27,25 +19,6 @@ beforeAll(() => {
 afterAll(async () => {
   expect(await leakedFds(fdsBefore)).toEqual([]);
 });
-
-/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
- * children lazily, so give it a moment (and a GC) before calling anything a leak. */
-async function leakedFds(before: number[]): Promise<string[]> {
-  let leaked: number[] = [];
-  for (let attempt = 0; attempt < 20; attempt++) {
-    leaked = listOpenFds().filter((fd) => !before.includes(fd));
-    if (leaked.length === 0) return [];
-    Bun.gc(true);
-    await Bun.sleep(25);
-  }
-  return leaked.map((fd) => {
-    try {
-      return `${fd} -> ${fdTarget(fd)}`;
-    } catch {
-      return `${fd} (closed meanwhile)`;
-    }
-  });
-}
 
 describe("SysError", () => {
   test("closeFd(9999) throws EBADF with errno, syscall and a readable message", () => {

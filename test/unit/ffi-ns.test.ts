@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MNT_DETACH, SysError, fdTarget, listOpenFds, mountBind, umount } from "../../ffi/index.ts";
+import { MNT_DETACH, SysError, listOpenFds, mountBind, umount } from "../../ffi/index.ts";
+import { leakedFds, thrown } from "../helpers/fds.ts";
 
 const ffiDir = new URL("../../ffi/index.ts", import.meta.url).pathname;
 
@@ -16,34 +17,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
   expect(await leakedFds(fdsBefore)).toEqual([]);
 });
-
-/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
- * children lazily, so give it a moment (and a GC) before calling anything a leak. */
-async function leakedFds(before: number[]): Promise<string[]> {
-  let leaked: number[] = [];
-  for (let attempt = 0; attempt < 20; attempt++) {
-    leaked = listOpenFds().filter((fd) => !before.includes(fd));
-    if (leaked.length === 0) return [];
-    Bun.gc(true);
-    await Bun.sleep(25);
-  }
-  return leaked.map((fd) => {
-    try {
-      return `${fd} -> ${fdTarget(fd)}`;
-    } catch {
-      return `${fd} (closed meanwhile)`;
-    }
-  });
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  throw new Error("expected a throw");
-}
 
 /** Runs `body` (TypeScript, with the ffi exports imported as needed) in a fresh bun process, so
  * namespace and credential changes never touch the test runner. Returns its stdout lines. */

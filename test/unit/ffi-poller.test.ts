@@ -1,8 +1,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, spyOn, test } from "bun:test";
 import {
-  O, type Readiness, SysError, closeFd, eventfd, readEventfd, writeEventfd, closeQuietly, fdTarget, getStatusFlags, isOpenFd,
+  O, type Readiness, SysError, closeFd, eventfd, readEventfd, writeEventfd, closeQuietly, getStatusFlags, isOpenFd,
   listOpenFds, pipe, readFd, socketPair, watch, watchedCount, writeFd,
 } from "../../ffi/index.ts";
+import { leakedFds } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const ffiDir = new URL("../../ffi/index.ts", import.meta.url).pathname;
@@ -15,24 +16,6 @@ afterAll(async () => {
   expect(await leakedFds(fdsBefore)).toEqual([]);
 });
 
-/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
- * children lazily, so give it a moment (and a GC) before calling anything a leak. */
-async function leakedFds(before: number[]): Promise<string[]> {
-  let leaked: number[] = [];
-  for (let attempt = 0; attempt < 20; attempt++) {
-    leaked = listOpenFds().filter((fd) => !before.includes(fd));
-    if (leaked.length === 0) return [];
-    Bun.gc(true);
-    await Bun.sleep(25);
-  }
-  return leaked.map((fd) => {
-    try {
-      return `${fd} -> ${fdTarget(fd)}`;
-    } catch {
-      return `${fd} (closed meanwhile)`;
-    }
-  });
-}
 afterEach(() => {
   expect(watchedCount()).toBe(0);
 });

@@ -5,6 +5,7 @@ import {
   killProcessGroup, listOpenFds, pidfdOpen, pidfdSendSignal, setProcessName, subreaper, umask,
   waitPidfd,
 } from "../../ffi/index.ts";
+import { leakedFds, thrown } from "../helpers/fds.ts";
 
 const ffiDir = new URL("../../ffi/index.ts", import.meta.url).pathname;
 
@@ -15,34 +16,6 @@ beforeAll(() => {
 afterAll(async () => {
   expect(await leakedFds(fdsBefore)).toEqual([]);
 });
-
-/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
- * children lazily, so give it a moment (and a GC) before calling anything a leak. */
-async function leakedFds(before: number[]): Promise<string[]> {
-  let leaked: number[] = [];
-  for (let attempt = 0; attempt < 20; attempt++) {
-    leaked = listOpenFds().filter((fd) => !before.includes(fd));
-    if (leaked.length === 0) return [];
-    Bun.gc(true);
-    await Bun.sleep(25);
-  }
-  return leaked.map((fd) => {
-    try {
-      return `${fd} -> ${fdTarget(fd)}`;
-    } catch {
-      return `${fd} (closed meanwhile)`;
-    }
-  });
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  throw new Error("expected a throw");
-}
 
 /** Direct children of this process, from every thread's children list. */
 function ourChildren(): number[] {

@@ -8,6 +8,7 @@ import {
   pipe, readFd, recvMsg, sealFd, sendDatagram, sendMsg, setNonBlocking, shutdownFd, socketPair,
   writeAll, writeFd,
 } from "../../ffi/index.ts";
+import { leakedFds, thrown } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -22,34 +23,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
   expect(await leakedFds(fdsBefore)).toEqual([]);
 });
-
-/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
- * children lazily, so give it a moment (and a GC) before calling anything a leak. */
-async function leakedFds(before: number[]): Promise<string[]> {
-  let leaked: number[] = [];
-  for (let attempt = 0; attempt < 20; attempt++) {
-    leaked = listOpenFds().filter((fd) => !before.includes(fd));
-    if (leaked.length === 0) return [];
-    Bun.gc(true);
-    await Bun.sleep(25);
-  }
-  return leaked.map((fd) => {
-    try {
-      return `${fd} -> ${fdTarget(fd)}`;
-    } catch {
-      return `${fd} (closed meanwhile)`;
-    }
-  });
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  throw new Error("expected a throw");
-}
 
 /** Closes every fd on every path out of `body`. */
 function withFds<T>(fds: number[], body: () => T): T {

@@ -3,6 +3,7 @@ import {
   SysError, closeFd, fdTarget, getWindowSize, isCloexec, listOpenFds, openPty, pipe, readFd,
   setNonBlocking, setOnlcr, setWindowSize, writeAll,
 } from "../../ffi/index.ts";
+import { leakedFds, thrown } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -14,34 +15,6 @@ beforeAll(() => {
 afterAll(async () => {
   expect(await leakedFds(fdsBefore)).toEqual([]);
 });
-
-/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
- * children lazily, so give it a moment (and a GC) before calling anything a leak. */
-async function leakedFds(before: number[]): Promise<string[]> {
-  let leaked: number[] = [];
-  for (let attempt = 0; attempt < 20; attempt++) {
-    leaked = listOpenFds().filter((fd) => !before.includes(fd));
-    if (leaked.length === 0) return [];
-    Bun.gc(true);
-    await Bun.sleep(25);
-  }
-  return leaked.map((fd) => {
-    try {
-      return `${fd} -> ${fdTarget(fd)}`;
-    } catch {
-      return `${fd} (closed meanwhile)`;
-    }
-  });
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  throw new Error("expected a throw");
-}
 
 /** Reads from a non-blocking master until `expected` bytes arrived (the pty layer forwards
  * output through a kernel work queue, so it is not always readable right after the write). */

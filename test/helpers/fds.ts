@@ -1,0 +1,30 @@
+// Shared by the ffi suites: fd-leak checks and catching a thrown error.
+import { fdTarget, listOpenFds } from "../../ffi/fd.ts";
+
+/** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
+ * children lazily, so give it a moment (and a GC) before calling anything a leak. */
+export async function leakedFds(before: number[]): Promise<string[]> {
+  let leaked: number[] = [];
+  for (let attempt = 0; attempt < 20; attempt++) {
+    leaked = listOpenFds().filter((fd) => !before.includes(fd));
+    if (leaked.length === 0) return [];
+    Bun.gc(true);
+    await Bun.sleep(25);
+  }
+  return leaked.map((fd) => {
+    try {
+      return `${fd} -> ${fdTarget(fd)}`;
+    } catch {
+      return `${fd} (closed meanwhile)`;
+    }
+  });
+}
+
+export function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error("expected a throw");
+}
