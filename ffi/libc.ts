@@ -60,6 +60,7 @@ export const libc = dlopen("libc.so.6", {
   sendmsg: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
   recvmsg: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
   shutdown: { args: ["i32", "i32"], returns: "i32" },
+  getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
 
   // terminals
   tcgetattr: { args: ["i32", "ptr"], returns: "i32" },

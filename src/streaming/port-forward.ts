@@ -11,7 +11,7 @@ import type { Logger } from "../logger.ts";
 import { Channel, dataChannel, portPrefix } from "./protocol.ts";
 import { FrameSender, type WebSocketLike } from "./sender.ts";
 import type { StreamSession } from "./sessions.ts";
-import { LoopbackConnection, NetNamespace, loopbackAddress } from "./netns-socket.ts";
+import { LoopbackConnection, NetNamespace, loopbackAddress } from "../../ffi/netns-tcp.ts";
 
 /** Bytes from the client queued for one port before we stop reading the client. */
 export const PORT_WRITE_PAUSE_BYTES = 1024 * 1024;

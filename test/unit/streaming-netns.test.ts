@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { readlinkSync } from "node:fs";
-import { LoopbackConnection, NetNamespace, loopbackSockaddr } from "../../src/streaming/netns-socket.ts";
+import { LoopbackConnection, NetNamespace, loopbackSockaddr } from "../../ffi/netns-tcp.ts";
 
 const ownNs = () => readlinkSync("/proc/thread-self/ns/net");
 

@@ -11,13 +11,13 @@
 // connection (`nsenter` + socat/nc) costs a process and depends on tools a host may not have;
 // a Worker thread in the namespace would need its own event loop plumbing for every byte.
 
-import { dlopen, ptr } from "bun:ffi";
-import { lastErrno, libc } from "../../ffi/libc.ts";
-import { closeQuietly, openFd, O, readFd, writeFd } from "../../ffi/fd.ts";
-import { CLONE_NEWNET } from "../../ffi/ns.ts";
-import { ERRNO, SysError, errnoName, strerror } from "../../ffi/errors.ts";
-import { watch, type Readiness, type Watch } from "../../ffi/poller.ts";
-import { shutdownFd } from "../../ffi/socket.ts";
+import { ptr } from "bun:ffi";
+import { lastErrno, libc } from "./libc.ts";
+import { closeQuietly, openFd, O, readFd, writeFd } from "./fd.ts";
+import { CLONE_NEWNET } from "./ns.ts";
+import { ERRNO, SysError, errnoName, strerror } from "./errors.ts";
+import { watch, type Readiness, type Watch } from "./poller.ts";
+import { shutdownFd } from "./socket.ts";
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -28,10 +28,6 @@ const SOL_SOCKET = 1;
 const SO_ERROR = 4;
 const EINPROGRESS = 115;
 
-// getsockopt is not among ffi/libc.ts's symbols; only SO_ERROR is ever read through it.
-const sockopt = dlopen("libc.so.6", {
-  getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-}).symbols;
 
 export type Family = "ipv4" | "ipv6";
 
@@ -126,7 +122,7 @@ const soLength = new Uint32Array(1);
 function pendingError(fd: number): number {
   soError[0] = 0;
   soLength[0] = 4;
-  if (sockopt.getsockopt(fd, SOL_SOCKET, SO_ERROR, ptr(soError), ptr(soLength)) < 0) return lastErrno();
+  if (libc.getsockopt(fd, SOL_SOCKET, SO_ERROR, ptr(soError), ptr(soLength)) < 0) return lastErrno();
   return soError[0]!;
 }
 
