@@ -38,6 +38,8 @@ export const libc = dlopen("libc.so.6", {
   readlink: { args: ["cstring", "ptr", "u64"], returns: FFIType.i64_fast },
   fsync: { args: ["i32"], returns: "i32" },
   eventfd: { args: ["u32", "i32"], returns: "i32" },
+  inotify_init1: { args: ["i32"], returns: "i32" },
+  inotify_add_watch: { args: ["i32", "cstring", "u32"], returns: "i32" },
   poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
   ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
 

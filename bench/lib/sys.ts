@@ -3,23 +3,13 @@
 // The bench is a measuring driver, not a server: blocking its event loop inside poll(2) is what we
 // want while a phase runs, because the wake-up is then timed to the microsecond instead of to the
 // next event-loop turn. Nothing that needs the loop (an RPC in flight) may be pending meanwhile.
-import { dlopen } from "bun:ffi";
 import { lastErrno, libc } from "../../ffi/libc.ts";
+import { IN, inotifyAddWatch, inotifyInit } from "../../ffi/inotify.ts";
 import { closeQuietly, readFd } from "../../ffi/fd.ts";
 import { pidfdOpen } from "../../ffi/process.ts";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 
-const inotify = dlopen("libc.so.6", {
-  inotify_init1: { args: ["i32"], returns: "i32" },
-  inotify_add_watch: { args: ["i32", "cstring", "u32"], returns: "i32" },
-}).symbols;
-
-const IN_NONBLOCK = 0o4000;
-const IN_CLOEXEC = 0o2000000;
-const IN_CLOSE_WRITE = 0x8;
-const IN_MOVED_TO = 0x80;
-const IN_CREATE = 0x100;
 const POLLIN = 0x1;
 const EINTR = 4;
 
@@ -29,13 +19,12 @@ export class DirWatch {
   private readonly scratch = new Uint8Array(64 * 1024);
 
   constructor(readonly dir: string) {
-    this.fd = inotify.inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (this.fd < 0) throw new Error(`inotify_init1: errno ${lastErrno()}`);
-    const mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE;
-    if (inotify.inotify_add_watch(this.fd, dir as any, mask) < 0) {
-      const errno = lastErrno();
+    this.fd = inotifyInit();
+    try {
+      inotifyAddWatch(this.fd, dir, IN.CLOSE_WRITE | IN.MOVED_TO | IN.CREATE);
+    } catch (err) {
       closeQuietly(this.fd);
-      throw new Error(`inotify_add_watch ${dir}: errno ${errno}`);
+      throw err;
     }
   }
 
