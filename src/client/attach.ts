@@ -97,11 +97,23 @@ export async function attachContainer(client: ConmonClient, cfg: AttachConfig): 
     return;
   }
   const session = new AttachSession(client, cfg);
+  let sessions = activeSessions.get(client);
+  if (!sessions) activeSessions.set(client, (sessions = new Set()));
+  sessions.add(session);
   try {
     await session.run();
   } finally {
+    sessions.delete(session);
     session.close();
   }
+}
+
+/** Attaches running on each client, so shutdown can end them (as the Go client's Shutdown does). */
+const activeSessions = new WeakMap<ConmonClient, Set<AttachSession>>();
+
+/** Ends every attach of `client`: each resolves, its fds are closed and its socket path removed. */
+export function closeAttaches(client: ConmonClient): void {
+  for (const session of activeSessions.get(client) ?? []) session.close();
 }
 
 // ---- detach keys ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { RpcClient } from "./rpc-client.ts";
 import { execSyncContainer, type ExecSyncConfig, type ExecContainerResult } from "./exec.ts";
-import { attachContainer, type AttachConfig } from "./attach.ts";
+import { attachContainer, closeAttaches, type AttachConfig } from "./attach.ts";
 import { createNamespaces, type CreateNamespacesConfig, type CreateNamespacesResponse } from "./namespaces.ts";
 import { remoteFds, type RemoteFDs } from "./remote-fds.ts";
 import {
@@ -318,6 +318,7 @@ export class ConmonClient {
 
   /** SIGINT the server and wait (up to 10 s) until it is gone. */
   async shutdown(): Promise<void> {
+    closeAttaches(this);
     this.resetConnection();
     const pid = this.serverPid;
     if (!pid) return;

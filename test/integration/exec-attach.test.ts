@@ -6,7 +6,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CgroupManager } from "../../src/client/index.ts";
-import { DetachError, DetachScanner, type AttachConfig } from "../../src/client/attach.ts";
+import { DetachError, DetachScanner, closeAttaches, type AttachConfig } from "../../src/client/attach.ts";
 import type { ExecContainerResult, ExecSyncConfig } from "../../src/client/exec.ts";
 import { closeQuietly, listOpenFds } from "../../ffi/fd.ts";
 import { watchedCount } from "../../ffi/poller.ts";
@@ -448,6 +448,14 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
       // No stdin and no output stream: returns at once (after shutting its write side).
       await attach({});
       await released("nothing to copy");
+
+      // The client ending its attaches (the first thing shutdown() does, as in Go) ends a running one.
+      const idle = new Pushable();
+      const running = awaitedLater(attach({ streams: { stdin: idle, stdout: () => {} } }));
+      await waitFor(() => watchedCount() > watchesBefore, 2000, "the attach to be running");
+      closeAttaches(server.client);
+      await running;
+      await released("closed by the client");
 
       // The container ends while stdin is still open: `[0]` ends the attach.
       const open = new Pushable();
