@@ -17,14 +17,10 @@ import { closeQuietly, openFd, O, readFd, writeFd } from "./fd.ts";
 import { CLONE_NEWNET } from "./ns.ts";
 import { ERRNO, SysError, errnoName, strerror } from "./errors.ts";
 import { watch, type Readiness, type Watch } from "./poller.ts";
-import { shutdownFd } from "./socket.ts";
+import { SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, shutdownFd } from "./socket.ts";
 
 const AF_INET = 2;
 const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
 const SO_ERROR = 4;
 const EINPROGRESS = 115;
 

@@ -12,13 +12,13 @@ import { ERRNO, SysError, sysError } from "./errors.ts";
 import { O, closeQuietly, mkdirP, openFd } from "./fd.ts";
 
 const AF_UNIX = 1;
-const SOCK_STREAM = 1;
+export const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_SEQPACKET = 5;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
 
-const SOL_SOCKET = 1;
+export const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 
 const MSG_CTRUNC = 0x8;

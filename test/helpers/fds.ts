@@ -28,3 +28,13 @@ export function thrown(fn: () => unknown): unknown {
   }
   throw new Error("expected a throw");
 }
+
+/** "<fd> -> <target>", or null when the fd was closed meanwhile (Bun's own threads open and close
+ * fds at any time). */
+export function describeFd(fd: number): string | null {
+  try {
+    return `${fd} -> ${fdTarget(fd)}`;
+  } catch {
+    return null;
+  }
+}

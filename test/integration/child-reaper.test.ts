@@ -3,12 +3,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { fdTarget, listOpenFds } from "../../ffi/fd.ts";
+import { listOpenFds } from "../../ffi/fd.ts";
 import { isSubreaper, kill, subreaper } from "../../ffi/process.ts";
 import { ChildReaper, isSpawned, spawnTracked, type ExitInfo } from "../../src/child-reaper.ts";
 import type { Logger } from "../../src/logger.ts";
 import { writeExitFiles } from "../../src/exit-files.ts";
 import { childrenOf, procState, removeDir, tmpDir, waitFor } from "../helpers/proc.ts";
+import { describeFd } from "../helpers/fds.ts";
 
 function recordingLogger(): Logger & { lines: string[] } {
   const lines: string[] = [];
@@ -54,15 +55,6 @@ let reaper: ChildReaper;
 let wasSubreaper: boolean;
 let fdsBefore: number[];
 
-/** "<fd> -> <target>", or null when the fd was closed meanwhile (Bun's own threads open and close
- * fds at any time). */
-function describeFd(fd: number): string | null {
-  try {
-    return `${fd} -> ${fdTarget(fd)}`;
-  } catch {
-    return null;
-  }
-}
 /** Every grandchild pid of the suite, checked for zombies at the end. */
 const grandchildren: number[] = [];
 

@@ -4,12 +4,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fdTarget, listOpenFds } from "../../ffi/fd.ts";
+import { listOpenFds } from "../../ffi/fd.ts";
 import { isSubreaper, kill, subreaper } from "../../ffi/process.ts";
 import { ChildReaper, spawnTracked } from "../../src/child-reaper.ts";
 import type { Logger } from "../../src/logger.ts";
 import { OomWatcher, type OomWatcherRoots } from "../../src/oom-watcher.ts";
 import { childrenOf, procState, removeDir, tmpDir, uniqueId, waitFor } from "../helpers/proc.ts";
+import { describeFd } from "../helpers/fds.ts";
 
 function recordingLogger(): Logger & { lines: string[] } {
   const lines: string[] = [];
@@ -17,14 +18,6 @@ function recordingLogger(): Logger & { lines: string[] } {
   return { level: "trace", lines, trace: at("trace"), debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
 }
 
-/** "<fd> -> <target>", or null when the fd was closed meanwhile (Bun's threads open fds too). */
-function describeFd(fd: number): string | null {
-  try {
-    return `${fd} -> ${fdTarget(fd)}`;
-  } catch {
-    return null;
-  }
-}
 
 const MEMORY_ROOT = "/sys/fs/cgroup/memory";
 const hasMemoryV1 = existsSync(join(MEMORY_ROOT, "memory.oom_control")) && existsSync(join(MEMORY_ROOT, "cgroup.event_control"));

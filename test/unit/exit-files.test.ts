@@ -2,11 +2,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fdTarget, listOpenFds } from "../../ffi/fd.ts";
+import { listOpenFds } from "../../ffi/fd.ts";
 import { isSpawned } from "../../src/child-reaper.ts";
 import { runCleanupCommand, writeExitFiles, writeOomFiles } from "../../src/exit-files.ts";
 import type { Logger } from "../../src/logger.ts";
 import { removeDir, tmpDir } from "../helpers/proc.ts";
+import { describeFd } from "../helpers/fds.ts";
 
 type Recorded = { level: string; msg: string };
 
@@ -27,15 +28,6 @@ function recordingLogger(): Logger & { lines: Recorded[] } {
 let dir: string;
 let fdsBefore: number[];
 
-/** "<fd> -> <target>", or null when the fd was closed meanwhile (Bun's own threads open and close
- * fds at any time). */
-function describeFd(fd: number): string | null {
-  try {
-    return `${fd} -> ${fdTarget(fd)}`;
-  } catch {
-    return null;
-  }
-}
 
 beforeAll(() => {
   dir = tmpDir("conmon-ts-exit-files");
