@@ -13,6 +13,7 @@
 // Exit status: 0 success, 1 the server (or the connection) failed the request, 2 command-line
 // mistake; `exec` exits with the command's status (124 timed out, 126 the runtime could not run it).
 
+import { versionText } from "./version.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CgroupManager, ConmonClient } from "./client/conmon-client.ts";
@@ -357,8 +358,10 @@ const METHODS: Method[] = [
     async run(client, req, ctx) {
       const v = await client.version(req.verbose ?? false);
       if (ctx.json) return ctx.out.json(v);
-      const lines = [`version: ${v.version}`, `tag: ${v.tag || "none"}`, `commit: ${v.commit}`, `build: ${v.buildDate}`, `target: ${v.target}`, v.rustVersion, v.cargoVersion, `pid: ${v.processId}`];
-      if (req.verbose) lines.push("", `cargo tree: ${v.cargoTree}`);
+      // The server's `--version` layout, then its pid (which `--version` cannot know).
+      const [head, tree] = versionText(req.verbose, v).split("\n\ncargo tree: ");
+      const lines = [head, `pid: ${v.processId}`];
+      if (tree !== undefined) lines.push("", `cargo tree: ${tree}`);
       return ctx.out.text(`${lines.join("\n")}\n`);
     },
   },

@@ -57,8 +57,7 @@ export function buildInfo(): BuildInfo {
 }
 
 /** Text form of `--version`, one item per line as upstream. */
-export function versionText(full: boolean): string {
-  const v = buildInfo();
+export function versionText(full: boolean, v: BuildInfo = buildInfo()): string {
   const lines = [
     `version: ${v.version}`,
     `tag: ${v.tag || "none"}`,
