@@ -1,4 +1,5 @@
 // Shared by the ffi suites: fd-leak checks and catching a thrown error.
+import { afterAll, beforeAll, expect } from "bun:test";
 import { fdTarget, listOpenFds } from "../../ffi/fd.ts";
 
 /** fds opened since `before`, described. Bun closes the stdio sockets of finished Bun.spawn
@@ -37,4 +38,15 @@ export function describeFd(fd: number): string | null {
   } catch {
     return null;
   }
+}
+
+/** Registers hooks that fail the file if it ends with fds it did not have when it started. */
+export function expectNoFdLeaks(): void {
+  let before: number[] = [];
+  beforeAll(() => {
+    before = listOpenFds();
+  });
+  afterAll(async () => {
+    expect(await leakedFds(before)).toEqual([]);
+  });
 }

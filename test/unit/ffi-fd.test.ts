@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,18 +7,12 @@ import {
   isCloexec, isNonBlocking, isOpenFd, listOpenFds, memfdCreate, mkdirP, openFd, pipe, readEventfd,
   readFd, sealFd, setCloexec, setNonBlocking, writeAll, writeEventfd, writeFd, getPipeSize, setPipeSize,
 } from "../../ffi/index.ts";
-import { leakedFds, thrown } from "../helpers/fds.ts";
+import { expectNoFdLeaks, thrown } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-let fdsBefore: number[];
-beforeAll(() => {
-  fdsBefore = listOpenFds();
-});
-afterAll(async () => {
-  expect(await leakedFds(fdsBefore)).toEqual([]);
-});
+expectNoFdLeaks();
 
 describe("SysError", () => {
   test("closeFd(9999) throws EBADF with errno, syscall and a readable message", () => {

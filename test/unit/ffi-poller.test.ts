@@ -1,20 +1,14 @@
-import { afterAll, afterEach, beforeAll, describe, expect, spyOn, test } from "bun:test";
+import { afterEach, describe, expect, spyOn, test } from "bun:test";
 import {
   O, type Readiness, SysError, closeFd, eventfd, readEventfd, writeEventfd, closeQuietly, getStatusFlags, isOpenFd,
-  listOpenFds, pipe, readFd, socketPair, watch, watchedCount, writeFd,
+  pipe, readFd, socketPair, watch, watchedCount, writeFd,
 } from "../../ffi/index.ts";
-import { leakedFds } from "../helpers/fds.ts";
+import { expectNoFdLeaks } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const ffiDir = new URL("../../ffi/index.ts", import.meta.url).pathname;
 
-let fdsBefore: number[];
-beforeAll(() => {
-  fdsBefore = listOpenFds();
-});
-afterAll(async () => {
-  expect(await leakedFds(fdsBefore)).toEqual([]);
-});
+expectNoFdLeaks();
 
 afterEach(() => {
   expect(watchedCount()).toBe(0);

@@ -2,20 +2,14 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import {
   type WaitStatus, SysError, closeFd, fdTarget, getpgid, getpid, getProcessName, isSubreaper, kill,
-  killProcessGroup, listOpenFds, pidfdOpen, pidfdSendSignal, setProcessName, subreaper, umask,
+  killProcessGroup, pidfdOpen, pidfdSendSignal, setProcessName, subreaper, umask,
   waitPidfd,
 } from "../../ffi/index.ts";
-import { leakedFds, thrown } from "../helpers/fds.ts";
+import { expectNoFdLeaks, thrown } from "../helpers/fds.ts";
 
 const ffiDir = new URL("../../ffi/index.ts", import.meta.url).pathname;
 
-let fdsBefore: number[];
-beforeAll(() => {
-  fdsBefore = listOpenFds();
-});
-afterAll(async () => {
-  expect(await leakedFds(fdsBefore)).toEqual([]);
-});
+expectNoFdLeaks();
 
 /** Direct children of this process, from every thread's children list. */
 function ourChildren(): number[] {

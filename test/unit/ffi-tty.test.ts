@@ -1,20 +1,14 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import {
-  SysError, closeFd, fdTarget, getWindowSize, isCloexec, listOpenFds, openPty, pipe, readFd,
+  SysError, closeFd, fdTarget, getWindowSize, isCloexec, openPty, pipe, readFd,
   setNonBlocking, setOnlcr, setWindowSize, writeAll,
 } from "../../ffi/index.ts";
-import { leakedFds, thrown } from "../helpers/fds.ts";
+import { expectNoFdLeaks, thrown } from "../helpers/fds.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-let fdsBefore: number[];
-beforeAll(() => {
-  fdsBefore = listOpenFds();
-});
-afterAll(async () => {
-  expect(await leakedFds(fdsBefore)).toEqual([]);
-});
+expectNoFdLeaks();
 
 /** Reads from a non-blocking master until `expected` bytes arrived (the pty layer forwards
  * output through a kernel work queue, so it is not always readable right after the write). */
