@@ -84,6 +84,14 @@ const UNWATCHED_ZOMBIE_GRACE_MS = 1000;
  */
 const SWEPT_STATUS_TTL_MS = 10_000;
 
+/**
+ * SIGCHLDs are answered at once for watched pids, but the sweep over all our children waits this
+ * long and then serves every SIGCHLD that came in between. Each sweep reads a /proc file per
+ * thread and per child, and an unwatched zombie waits out its grace period anyway; sweeping on
+ * every signal cost the server CPU on each exec and create while the runtime was still running.
+ */
+const SWEEP_BATCH_MS = 200;
+
 type Watched = {
   pid: number;
   pidfd: number;
@@ -102,7 +110,8 @@ export class ChildReaper {
   private readonly swept = new Map<number, { exit: ExitInfo; at: number }>();
   private safetyTimer: ReturnType<typeof setInterval> | undefined;
   private sweepTimer: ReturnType<typeof setTimeout> | undefined;
-  private sweepQueued = false;
+  /** When the scheduled sweep runs (performance.now()). */
+  private sweepDue = Infinity;
   private closed = false;
   // Handled on the next turn, never inside the signal callback: a Bun.spawn made from a signal
   // callback's promise chain (a cleanup command after an exit, say) is never reaped by Bun 1.4.4;
@@ -181,9 +190,7 @@ export class ChildReaper {
 
   private handleSigchld(): void {
     this.scanWatched();
-    // The sweep reads /proc and is never urgent: let the exit just resolved (exit files, ...) run
-    // first.
-    this.queueSweep();
+    this.scheduleSweep(SWEEP_BATCH_MS);
   }
 
   private scanWatched(): void {
@@ -238,7 +245,7 @@ export class ChildReaper {
     if (this.safetyTimer) return;
     this.safetyTimer = setInterval(() => {
       this.scanWatched();
-      this.queueSweep();
+      this.scheduleSweep(SWEEP_BATCH_MS);
     }, SAFETY_SCAN_INTERVAL_MS);
     this.safetyTimer.unref();
   }
@@ -248,13 +255,19 @@ export class ChildReaper {
     this.safetyTimer = undefined;
   }
 
-  private queueSweep(): void {
-    if (this.sweepQueued || this.closed) return;
-    this.sweepQueued = true;
-    setImmediate(() => {
-      this.sweepQueued = false;
+  /** Sweeps in `delayMs` at the latest; an earlier sweep already scheduled serves. */
+  private scheduleSweep(delayMs: number): void {
+    if (this.closed) return;
+    const due = performance.now() + delayMs;
+    if (this.sweepTimer && this.sweepDue <= due) return;
+    if (this.sweepTimer) clearTimeout(this.sweepTimer);
+    this.sweepDue = due;
+    this.sweepTimer = setTimeout(() => {
+      this.sweepTimer = undefined;
+      this.sweepDue = Infinity;
       if (!this.closed) this.sweepUnwatchedZombies();
-    });
+    }, delayMs);
+    this.sweepTimer.unref();
   }
 
   /** Reaps zombie children that nobody watches and that have been zombies for the grace period. */
@@ -269,17 +282,8 @@ export class ChildReaper {
       else if (now - since >= UNWATCHED_ZOMBIE_GRACE_MS) this.reapUnwatched(pid);
     }
     for (const pid of this.zombieSince.keys()) if (!seen.has(pid)) this.zombieSince.delete(pid);
-    this.scheduleNextSweep();
-  }
-
-  /** While zombies wait out their grace period, come back for them even if no SIGCHLD arrives. */
-  private scheduleNextSweep(): void {
-    if (this.sweepTimer || this.zombieSince.size === 0) return;
-    this.sweepTimer = setTimeout(() => {
-      this.sweepTimer = undefined;
-      this.queueSweep();
-    }, UNWATCHED_ZOMBIE_GRACE_MS);
-    this.sweepTimer.unref();
+    // While zombies wait out their grace period, come back for them even if no SIGCHLD arrives.
+    if (this.zombieSince.size > 0) this.scheduleSweep(UNWATCHED_ZOMBIE_GRACE_MS);
   }
 
   private remember(pid: number, exit: ExitInfo): void {

@@ -14,7 +14,7 @@ import { runCleanupCommand, writeExitFiles, writeOomFiles } from "./exit-files.t
 import type { Logger } from "./logger.ts";
 import { OomWatcher } from "./oom-watcher.ts";
 import { createArgs } from "./runtime-args.ts";
-import { runtimeConfig } from "./runtime.ts";
+import { runtimeConfig, runtimeEnv } from "./runtime.ts";
 import { closeQuietly } from "../ffi/fd.ts";
 import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager, Conmon_LogDriver_Type } from "../schema/conmon.ts";
@@ -195,7 +195,7 @@ export class Containers {
     });
     const [stdinFd, stdoutFd, stderrFd] = io.childStdio;
     const proc = spawnTracked(argv, {
-      env: { ...process.env, ...opts.env },
+      env: runtimeEnv(opts.env),
       stdio: [stdinFd, io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd, ...opts.additionalFds] as any,
     });
     io.afterSpawn();
@@ -247,7 +247,10 @@ export class Containers {
     cleanupCmd: string[];
     leakFds: number[];
   }): Container {
-    const oom = OomWatcher.start(opts.pid, this.log);
+    // Armed just after the answer is written (setImmediate runs after the microtask that writes
+    // it): finding and opening the cgroup costs a few hundred µs, and the container cannot run
+    // before the engine has the answer and calls `runtime start`.
+    const oom = new Promise<OomWatcher>((resolve) => setImmediate(() => resolve(OomWatcher.start(opts.pid, this.log))));
     const attachServers = new Set<AttachServer>();
     const exited = this.supervise({ ...opts, attachServers }, oom);
     const container: Container = { id: opts.id, pid: opts.pid, io: opts.io, log: opts.log, stdin: opts.stdin, attachServers, exited };
@@ -269,7 +272,7 @@ export class Containers {
       leakFds: number[];
       attachServers: Set<AttachServer>;
     },
-    oom: OomWatcher,
+    oomWatcher: Promise<OomWatcher>,
   ): Promise<ExitInfo> {
     let exit: ExitInfo;
     try {
@@ -282,6 +285,7 @@ export class Containers {
     // so wait only briefly before recording the exit. A pty signals nothing when closed: look now.
     c.io.drainNow();
     await Promise.race([c.io.ended, Bun.sleep(OUTPUT_DRAIN_MS)]);
+    const oom = await oomWatcher;
     try {
       if (oom.oomKilled()) writeOomFiles(c.oomExitPaths, this.log);
     } finally {

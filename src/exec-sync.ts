@@ -11,7 +11,7 @@ import { ContainerIO, type StreamName } from "./container-io.ts";
 import { errorChain, withContext } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import { execArgs } from "./runtime-args.ts";
-import { runtimeConfig } from "./runtime.ts";
+import { runtimeConfig, runtimeEnv } from "./runtime.ts";
 import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager } from "../schema/conmon.ts";
 
@@ -123,7 +123,7 @@ export async function startRuntimeExec(config: ServerConfig, io: ContainerIO, re
   ];
   const [stdinFd, stdoutFd, stderrFd] = io.childStdio;
   const proc = spawnTracked(argv, {
-    env: { ...process.env, ...req.env },
+    env: runtimeEnv(req.env),
     stdio: [req.stdin ? stdinFd : "ignore", io.terminal ? "pipe" : stdoutFd, io.terminal ? "pipe" : stderrFd] as any,
   });
   io.afterSpawn();
@@ -287,7 +287,9 @@ export class ExecSync {
       await Promise.race([io.ended, Bun.sleep(OUTPUT_DRAIN_MS)]);
       return { exitCode: first.code, stdout: out.stdout.bytes(), stderr: out.stderr.bytes(), timedOut: false };
     } finally {
-      rmSync(pidFile, { force: true });
+      // Removed once the answer is on its way: unlinking a file the runtime just wrote can take
+      // a few hundred µs on a journalling filesystem, and the caller need not wait for it.
+      setImmediate(() => rmSync(pidFile, { force: true }));
       const finished = io;
       // Output of a killed exec may still be draining; release the pipes once it ended.
       if (finished) void Promise.race([finished.ended, Bun.sleep(1000)]).then(() => finished.close());

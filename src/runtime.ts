@@ -30,3 +30,14 @@ export function runtimeConfig(config: ServerConfig): RuntimeConfig {
     crunAcceptsLogLevel: needsProbe ? crunAcceptsLogLevel(config.runtime) : true,
   };
 }
+
+/**
+ * The environment of a runtime process: the server's own plus the request's additions. Without
+ * additions process.env itself is passed, which saves a copy per spawn (leaving `env` unset would
+ * be cheaper still, but then Bun uses the environment the process started with and ignores later
+ * changes to process.env).
+ */
+export function runtimeEnv(extra: Record<string, string> | undefined): Record<string, string | undefined> {
+  for (const _ in extra) return { ...process.env, ...extra };
+  return process.env;
+}

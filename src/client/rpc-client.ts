@@ -34,6 +34,7 @@ export class RpcClient {
   private readonly decoder = new FrameDecoder();
   private closedError?: Error;
   private backlog: Uint8Array[] = [];
+  private finishQueue: number[] = [];
   /** Export id of the Conmon capability once the bootstrap Return arrived; until then calls pipeline. */
   private bootstrapExport?: number;
 
@@ -134,7 +135,7 @@ export class RpcClient {
     if (which !== RpcMessage.RETURN) return;
     const ret = msg.return;
     const questionId = ret.answerId;
-    this.sendFinish(questionId);
+    this.queueFinish(questionId);
     if (questionId === BOOTSTRAP_QUESTION) {
       if (ret.which() === Return.RESULTS && ret.results.capTable.length > 0) {
         this.bootstrapExport = ret.results.capTable.get(0).senderHosted;
@@ -158,13 +159,29 @@ export class RpcClient {
     }
   }
 
-  private sendFinish(questionId: number): void {
-    const msg = new Message();
-    const finish = msg.initRoot(RpcMessage)._initFinish();
-    finish.questionId = questionId;
-    finish.releaseResultCaps = false;
-    this.write(new Uint8Array(msg.toArrayBuffer()));
+  /**
+   * Finishes go out after the caller has its results (the next event-loop turn), all that came in
+   * one batch in one write: the server keeps an answer until its Finish, so nothing waits on them.
+   */
+  private queueFinish(questionId: number): void {
+    if (this.finishQueue.length === 0) setImmediate(this.sendFinishes);
+    this.finishQueue.push(questionId);
   }
+
+  private readonly sendFinishes = (): void => {
+    const ids = this.finishQueue;
+    this.finishQueue = [];
+    if (ids.length === 0) return;
+    const template = finishTemplate();
+    const out = new Uint8Array(template.frame.byteLength * ids.length);
+    const view = new DataView(out.buffer);
+    ids.forEach((id, i) => {
+      const at = i * template.frame.byteLength;
+      out.set(template.frame, at);
+      view.setUint32(at + template.questionIdOffset, id, true);
+    });
+    this.write(out);
+  };
 
   private write(bytes: Uint8Array): void {
     if (this.closedError) return;
@@ -194,4 +211,26 @@ export class RpcClient {
     for (const pending of this.pending.values()) pending.reject(err);
     this.pending.clear();
   }
+}
+
+/** A Finish frame (releaseResultCaps false) and where its question id sits, built once. */
+let finish: { frame: Uint8Array; questionIdOffset: number } | undefined;
+
+function finishTemplate(): { frame: Uint8Array; questionIdOffset: number } {
+  if (finish) return finish;
+  const MARK = 0x7e5a3c1d;
+  const msg = new Message();
+  const body = msg.initRoot(RpcMessage)._initFinish();
+  body.questionId = MARK;
+  body.releaseResultCaps = false;
+  const frame = new Uint8Array(msg.toArrayBuffer());
+  const view = new DataView(frame.buffer);
+  let offset = -1;
+  for (let at = 0; at + 4 <= frame.byteLength; at += 4) {
+    if (view.getUint32(at, true) === MARK) offset = at;
+  }
+  if (offset < 0) throw new Error("finish template: question id not found in the encoded frame");
+  view.setUint32(offset, 0, true);
+  finish = { frame, questionIdOffset: offset };
+  return finish;
 }

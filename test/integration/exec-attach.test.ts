@@ -317,6 +317,8 @@ describe.each(runtimes())("exec-sync and attach with $name", (rt: Runtime) => {
     await Promise.all([exec({ command: ["true"] }), exec({ command: ["false"] }), exec({ command: ["true"], terminal: true })]);
     await exec({ command: ["sleep", "5"], timeoutSec: 1 });
     await exec({ id: uniqueId("missing-"), command: ["true"] });
+    // The server removes them just after answering.
+    await waitFor(() => pidFiles().length === 0, 2000, "exec pid files removed");
     expect(pidFiles()).toEqual([]);
   }, CASE_MS);
 
