@@ -12,7 +12,6 @@
 // single transport write. Rare messages (Abort, Unimplemented, unknown kinds) use capnp-es.
 
 import { Message, Pointer, utils, type Struct } from "capnp-es";
-import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { FrameDecoder, FramingError } from "./framing.ts";
 import { FrameReader, OutBuffer } from "./wire.ts";
 import {
@@ -202,6 +201,7 @@ export class RpcConnection {
 
   /** Messages off the hot path, read with capnp-es. */
   private handleRare(which: number, frame: Uint8Array): void {
+    const RpcMessage = rpcMessageClass();
     const msg = new Message(frame, false).getRoot(RpcMessage);
     switch (which) {
       case MSG_ABORT:
@@ -437,6 +437,14 @@ function readStruct<T extends Struct>(pointer: Pointer, Class: StructClass<T>): 
     utils.resize(size, pointer);
   }
   return utils.getAs(Class, pointer);
+}
+
+/**
+ * capnp-es's generated rpc.capnp classes, loaded on first use: only rare messages need them, and
+ * loading them costs about 0.8 MB of the server's idle RssAnon (docs/performance.md).
+ */
+function rpcMessageClass(): typeof import("capnp-es/capnp/rpc").Message {
+  return (require("capnp-es/capnp/rpc") as typeof import("capnp-es/capnp/rpc")).Message;
 }
 
 function messageName(which: number): string {
