@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { Message } from "capnp-es";
+import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { ConmonClient } from "../../src/client/index.ts";
 import { BINARY, requireBinary, startServer, type TestServer } from "../helpers/server.ts";
 import { pidExists, removeDir, tmpDir, waitFor } from "../helpers/proc.ts";
@@ -93,6 +95,33 @@ describe("conmonrs binary", () => {
     await sendRaw(join(server.runDir, "conmon.sock"), bytes(), closeAfterWrite);
     const v = await server.client.version();
     expect(v.processId).toBe(server.client.pid);
+  });
+
+  test("a message kind the server does not handle is answered with Unimplemented carrying it", async () => {
+    // Resolve (kind 5) is level 1; the reply is read with capnp-es's rpc.capnp classes, which the
+    // server itself loads only on this rare path.
+    const msg = new Message();
+    msg.initRoot(RpcMessage)._initResolve().promiseId = 77;
+    const reply = await new Promise<Uint8Array>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const socket = connect(join(server.runDir, "conmon.sock"), () => socket.write(new Uint8Array(msg.toArrayBuffer())));
+      const timer = setTimeout(() => socket.destroy(new Error("no reply within 2 s")), 2000);
+      socket.on("data", (chunk) => {
+        chunks.push(chunk);
+        const bytes = Buffer.concat(chunks);
+        if (bytes.byteLength >= 8 && bytes.byteLength >= 8 + 8 * bytes.readUInt32LE(4)) {
+          clearTimeout(timer);
+          socket.destroy();
+          resolve(new Uint8Array(bytes));
+        }
+      });
+      socket.on("error", reject);
+    });
+    const root = new Message(reply, false).getRoot(RpcMessage);
+    expect(root.which()).toBe(RpcMessage.UNIMPLEMENTED);
+    expect(root.unimplemented.which()).toBe(RpcMessage.RESOLVE);
+    expect(root.unimplemented.resolve.promiseId).toBe(77);
+    expect((await server.client.version()).processId).toBe(server.client.pid);
   });
 
   test("a client that disconnects with calls in flight does not hurt the server", async () => {
