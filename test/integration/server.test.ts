@@ -107,7 +107,7 @@ describe("conmonrs binary", () => {
       const socket = connect(join(server.runDir, "conmon.sock"), () => socket.write(new Uint8Array(msg.toArrayBuffer())));
       const timer = setTimeout(() => socket.destroy(new Error("no reply within 2 s")), 2000);
       socket.on("data", (chunk) => {
-        chunks.push(chunk);
+        chunks.push(chunk as Buffer);
         const bytes = Buffer.concat(chunks);
         if (bytes.byteLength >= 8 && bytes.byteLength >= 8 + 8 * bytes.readUInt32LE(4)) {
           clearTimeout(timer);
