@@ -94,16 +94,18 @@ export class Server {
   }
 
   start(): void {
-    this.listener = listenRpc(this.socketPath, conmonService(this.handlers), this.logger);
-    this.logger.info(`Listening on ${this.socketPath}`);
-    // Bun.listen has bound and listened by now: connections are accepted from here on.
-    void this.notifier?.ready(this.socketPath);
+    // Handlers first: whoever sees the socket appear may signal us at once, and until a handler
+    // is installed the default action would kill the server without its shutdown work.
     const stop = (signal: string) => {
       this.logger.info(`Received ${signal}, shutting down`);
       void this.shutdown().then(() => process.exit(0));
     };
     process.once("SIGTERM", () => stop("SIGTERM"));
     process.once("SIGINT", () => stop("SIGINT"));
+    this.listener = listenRpc(this.socketPath, conmonService(this.handlers), this.logger);
+    this.logger.info(`Listening on ${this.socketPath}`);
+    // Bun.listen has bound and listened by now: connections are accepted from here on.
+    void this.notifier?.ready(this.socketPath);
   }
 
   shutdown(): Promise<void> {

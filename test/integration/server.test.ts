@@ -191,6 +191,24 @@ describe("process start", () => {
     }
   });
 
+  test("SIGTERM sent the moment the socket appears still shuts down cleanly (exit 0, socket removed), 15 times", async () => {
+    const codes: (number | null)[] = [];
+    for (let i = 0; i < 15; i++) {
+      const runDir = tmpDir("conmon-early-signal");
+      try {
+        const proc = Bun.spawn([requireBinary(), "--runtime", RUNC.path, "--runtime-dir", runDir, "--skip-fork", "--log-driver", "none"], { stdout: "ignore" });
+        const socket = join(runDir, "conmon.sock");
+        while (!existsSync(socket) && proc.exitCode === null) await Bun.sleep(0);
+        proc.kill("SIGTERM");
+        codes.push(await proc.exited);
+        expect(existsSync(socket)).toBe(false);
+      } finally {
+        removeDir(runDir);
+      }
+    }
+    expect(codes).toEqual(Array(15).fill(0));
+  });
+
   test("--log-driver stdout logs timestamped lines to stdout", async () => {
     const runDir = tmpDir("conmon-stdout");
     try {
