@@ -3,9 +3,11 @@
 // costs no extra round trip.
 
 import { Message, utils, type Struct } from "capnp-es";
-import { Message as RpcMessage, Return } from "capnp-es/capnp/rpc";
 import { Conmon$Client } from "../../schema/conmon.ts";
+import { Envelope, MSG_RETURN, RETURN_RESULTS, parseEnvelope, writeCall } from "../rpc/envelope.ts";
 import { FrameDecoder } from "../rpc/framing.ts";
+import { messageSegments, newMessage, readStructAt } from "../rpc/messages.ts";
+import { FrameReader, OutBuffer } from "../rpc/wire.ts";
 import { withShortPath } from "../rpc/listener.ts";
 import type { Socket } from "bun";
 
@@ -35,6 +37,8 @@ export class RpcClient {
   private closedError?: Error;
   private backlog: Uint8Array[] = [];
   private finishQueue: number[] = [];
+  private readonly reader = new FrameReader();
+  private readonly envelope = new Envelope();
   /** Export id of the Conmon capability once the bootstrap Return arrived; until then calls pipeline. */
   private bootstrapExport?: number;
 
@@ -83,22 +87,20 @@ export class RpcClient {
     const method = Conmon$Client.methods[methodId];
     if (!method) return Promise.reject(new Error(`unknown method ${methodId}`));
     const questionId = this.nextQuestion++;
-    const msg = new Message();
-    const call = msg.initRoot(RpcMessage)._initCall();
-    call.questionId = questionId;
-    call.interfaceId = Conmon$Client.interfaceId;
-    call.methodId = methodId;
-    const target = call._initTarget();
+    // The params are built in a message of their own and the Call envelope is written around
+    // them by hand (src/rpc/envelope.ts), as the server does with its results.
+    const params = newMessage(1024);
+    fill(params.initRoot(method.ParamsClass as any));
     // Before the bootstrap Return the question is still open and can be pipelined on; after it we
     // finish that question, so calls must name the imported capability instead.
-    if (this.bootstrapExport === undefined) target._initPromisedAnswer().questionId = BOOTSTRAP_QUESTION;
-    else target.importedCap = this.bootstrapExport;
-    const content = call._initParams().content;
-    utils.initStruct(method.ParamsClass._capnp.size, content);
-    fill(utils.getAs(method.ParamsClass as any, content));
+    const target = this.bootstrapExport === undefined ? { promisedQuestion: BOOTSTRAP_QUESTION } : { importedCap: this.bootstrapExport };
+    const out = new OutBuffer(64);
+    const frame = writeCall(out, questionId, Conmon$Client.interfaceId, methodId, target, messageSegments(params))
+      ? out.view()
+      : encodeCall(questionId, methodId, target, params, method.ParamsClass);
     return new Promise<R>((resolve, reject) => {
       this.pending.set(questionId, { resolve: resolve as any, reject, ResultsClass: method.ResultsClass as any });
-      this.write(new Uint8Array(msg.toArrayBuffer()));
+      this.write(frame);
     });
   }
 
@@ -109,7 +111,7 @@ export class RpcClient {
 
   private sendBootstrap(): void {
     const msg = new Message();
-    msg.initRoot(RpcMessage)._initBootstrap().questionId = BOOTSTRAP_QUESTION;
+    msg.initRoot(rpcClasses().Message)._initBootstrap().questionId = BOOTSTRAP_QUESTION;
     this.write(new Uint8Array(msg.toArrayBuffer()));
   }
 
@@ -126,6 +128,25 @@ export class RpcClient {
   }
 
   private handle(frame: ArrayBuffer): void {
+    // Results arrive on the hot path: read the envelope by hand and only the results through
+    // capnp-es. Everything else (the bootstrap's capability, exceptions, aborts) is rare.
+    this.reader.reset(new DataView(frame), 0, frame.byteLength);
+    parseEnvelope(this.reader, this.envelope);
+    const env = this.envelope;
+    if (env.which === MSG_RETURN && env.returnWhich === RETURN_RESULTS && env.questionId !== BOOTSTRAP_QUESTION) {
+      const questionId = env.questionId;
+      this.queueFinish(questionId);
+      const pending = this.pending.get(questionId);
+      if (!pending) return;
+      this.pending.delete(questionId);
+      pending.resolve(readStructAt(new Message(frame, false), env.paramsSeg, env.paramsOffset, pending.ResultsClass as any));
+      return;
+    }
+    this.handleRare(frame);
+  }
+
+  private handleRare(frame: ArrayBuffer): void {
+    const { Message: RpcMessage, Return } = rpcClasses();
     const msg = new Message(frame, false).getRoot(RpcMessage);
     const which = msg.which();
     if (which === RpcMessage.ABORT) {
@@ -220,7 +241,7 @@ function finishTemplate(): { frame: Uint8Array; questionIdOffset: number } {
   if (finish) return finish;
   const MARK = 0x7e5a3c1d;
   const msg = new Message();
-  const body = msg.initRoot(RpcMessage)._initFinish();
+  const body = msg.initRoot(rpcClasses().Message)._initFinish();
   body.questionId = MARK;
   body.releaseResultCaps = false;
   const frame = new Uint8Array(msg.toArrayBuffer());
@@ -233,4 +254,30 @@ function finishTemplate(): { frame: Uint8Array; questionIdOffset: number } {
   view.setUint32(offset, 0, true);
   finish = { frame, questionIdOffset: offset };
   return finish;
+}
+
+/** capnp-es's rpc.capnp classes, for the messages not written or read by hand. */
+function rpcClasses(): typeof import("capnp-es/capnp/rpc") {
+  return require("capnp-es/capnp/rpc") as typeof import("capnp-es/capnp/rpc");
+}
+
+/** The Call as capnp-es builds it: the fallback for params that did not fit one segment. */
+function encodeCall(
+  questionId: number,
+  methodId: number,
+  target: { importedCap: number } | { promisedQuestion: number },
+  params: Message,
+  ParamsClass: any,
+): Uint8Array {
+  const msg = new Message();
+  const call = msg.initRoot(rpcClasses().Message)._initCall();
+  call.questionId = questionId;
+  call.interfaceId = Conmon$Client.interfaceId;
+  call.methodId = methodId;
+  const messageTarget = call._initTarget();
+  if ("promisedQuestion" in target) messageTarget._initPromisedAnswer().questionId = target.promisedQuestion;
+  else messageTarget.importedCap = target.importedCap;
+  const content = call._initParams().content;
+  utils.copyFrom(params.getRoot(ParamsClass), content);
+  return new Uint8Array(msg.toArrayBuffer());
 }

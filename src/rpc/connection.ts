@@ -11,7 +11,7 @@
 // handler filled, and everything produced while handling one received chunk goes out in a
 // single transport write. Rare messages (Abort, Unimplemented, unknown kinds) use capnp-es.
 
-import { Message, Pointer, utils, type Struct } from "capnp-es";
+import { Message, type Struct } from "capnp-es";
 import { FrameDecoder, FramingError } from "./framing.ts";
 import { FrameReader, OutBuffer } from "./wire.ts";
 import {
@@ -33,7 +33,7 @@ import {
   writeResultsReturn,
 } from "./envelope.ts";
 import { resultsToSend } from "./results.ts";
-import { ResultsSizes, messageBytes, newMessage, readFrame } from "./messages.ts";
+import { ResultsSizes, messageBytes, newMessage, readFrame, readStructAt } from "./messages.ts";
 import { errorChain } from "../errors.ts";
 
 export { EncodedResults, replyWith } from "./results.ts";
@@ -419,24 +419,7 @@ function frameBytes(dv: DataView, start: number, length: number): Uint8Array {
  */
 function readParams<T extends Struct>(env: Envelope, dv: DataView, start: number, length: number, Class: StructClass<T>): T {
   if (env.paramsSeg < 0) return newMessage().initRoot(Class);
-  const message = readFrame(dv, start, length);
-  return readStruct(new Pointer(message.getSegment(env.paramsSeg), env.paramsOffset), Class);
-}
-
-/**
- * Reads a struct pointer as `Class`. Null reads as all defaults, and an older peer's shorter struct
- * is resized so its missing fields read as defaults too (capnp-es's getAs does neither).
- */
-function readStruct<T extends Struct>(pointer: Pointer, Class: StructClass<T>): T {
-  const size = Class._capnp.size;
-  if (utils.isNull(pointer)) {
-    return newMessage().initRoot(Class);
-  }
-  const actual = utils.getTargetStructSize(pointer);
-  if (actual.dataByteLength < size.dataByteLength || actual.pointerLength < size.pointerLength) {
-    utils.resize(size, pointer);
-  }
-  return utils.getAs(Class, pointer);
+  return readStructAt(readFrame(dv, start, length), env.paramsSeg, env.paramsOffset, Class);
 }
 
 /**

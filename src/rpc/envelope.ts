@@ -45,9 +45,12 @@ export class Envelope {
   importedCap = 0;
   promisedQuestion = 0;
   transformLength = 0;
-  /** Segment and in-segment byte offset of Payload.content, or -1 when the params Payload is null. */
+  /** Segment and in-segment byte offset of Payload.content (Call: the params; Return: the
+   * results), or -1 when the Payload or its content is null. */
   paramsSeg = -1;
   paramsOffset = -1;
+  /** Return: the union tag (RETURN_RESULTS, RETURN_EXCEPTION, ...); its answer id is `questionId`. */
+  returnWhich = 0;
   // Release
   releaseId = 0;
   referenceCount = 0;
@@ -73,7 +76,7 @@ export function parseEnvelope(reader: FrameReader, env: Envelope): void {
   if (!reader.readStruct(0, reader.rootAt, msgRef)) throw new WireError("message has a null root");
   const which = reader.u16(msgRef, 0);
   env.which = which;
-  if (which !== MSG_CALL && which !== MSG_FINISH && which !== MSG_BOOTSTRAP && which !== MSG_RELEASE) return;
+  if (which !== MSG_CALL && which !== MSG_FINISH && which !== MSG_BOOTSTRAP && which !== MSG_RELEASE && which !== MSG_RETURN) return;
   const bodyAt = reader.pointer(msgRef, 0);
   // A null body reads as the struct's defaults (all zero), as with any struct field.
   const hasBody = bodyAt >= 0 && reader.readStruct(msgRef.seg, bodyAt, bodyRef);
@@ -87,8 +90,31 @@ export function parseEnvelope(reader: FrameReader, env: Envelope): void {
       env.releaseId = reader.u32(bodyRef, 0);
       env.referenceCount = reader.u32(bodyRef, 4);
       return;
+    case MSG_RETURN:
+      parseReturn(reader, env);
+      return;
     default:
       parseCall(reader, env);
+  }
+}
+
+/** Return (what a client receives): answer id, union tag and, for results, where the content is. */
+function parseReturn(reader: FrameReader, env: Envelope): void {
+  env.questionId = reader.u32(bodyRef, 0);
+  env.returnWhich = reader.u16(bodyRef, 6);
+  env.paramsSeg = env.paramsOffset = -1;
+  if (env.returnWhich !== RETURN_RESULTS) return;
+  readPayloadContent(reader, env, reader.pointer(bodyRef, 0));
+}
+
+/** Sets env.paramsSeg/paramsOffset from the Payload that the pointer at `payloadAt` targets. */
+function readPayloadContent(reader: FrameReader, env: Envelope, payloadAt: number): void {
+  if (payloadAt >= 0 && reader.readStruct(bodyRef.seg, payloadAt, innerRef)) {
+    const contentAt = reader.pointer(innerRef, 0);
+    if (contentAt >= 0) {
+      env.paramsSeg = innerRef.seg;
+      env.paramsOffset = reader.offsetInSegment(innerRef.seg, contentAt);
+    }
   }
 }
 
@@ -115,14 +141,7 @@ function parseCall(reader: FrameReader, env: Envelope): void {
   }
 
   env.paramsSeg = env.paramsOffset = -1;
-  const payloadAt = reader.pointer(bodyRef, 1);
-  if (payloadAt >= 0 && reader.readStruct(bodyRef.seg, payloadAt, innerRef)) {
-    const contentAt = reader.pointer(innerRef, 0);
-    if (contentAt >= 0) {
-      env.paramsSeg = innerRef.seg;
-      env.paramsOffset = reader.offsetInSegment(innerRef.seg, contentAt);
-    }
-  }
+  readPayloadContent(reader, env, reader.pointer(bodyRef, 1));
 }
 
 // ---- encoding ------------------------------------------------------------------------------
@@ -130,8 +149,8 @@ function parseCall(reader: FrameReader, env: Envelope): void {
 const EXCEPTION_TYPES = { failed: 0, overloaded: 1, disconnected: 2, unimplemented: 3 } as const;
 export type ExceptionTypeName = keyof typeof EXCEPTION_TYPES;
 
-const RETURN_RESULTS = 0;
-const RETURN_EXCEPTION = 1;
+export const RETURN_RESULTS = 0;
+export const RETURN_EXCEPTION = 1;
 const textEncoder = new TextEncoder();
 
 /**
@@ -305,6 +324,73 @@ function writeWithFarRoot(out: OutBuffer, answerId: number, segments: readonly U
     dv.setUint32(pad + 8, rootLo & 3, true); // tag: same kind and size, offset 0
     dv.setUint32(pad + 12, rootHi, true);
   }
+}
+
+/** Words of a Call's envelope after one-segment params: Message (2), Call (6), MessageTarget
+ * (2), Payload (2), PromisedAnswer (2, only when pipelining). */
+const CALL_TRAILER_WORDS = 12;
+
+/**
+ * A Call (what a client sends) around params built in their own message, when that message has
+ * one segment with a near root pointer (what capnp-es builds for small params); returns false
+ * and writes nothing otherwise. Same splice as writeSingleSegment: the params words first, the
+ * envelope after them. The target is the imported capability `target.importedCap`, or the
+ * answer to question `target.promisedQuestion` (pipelining on the bootstrap question).
+ */
+export function writeCall(
+  out: OutBuffer,
+  questionId: number,
+  interfaceId: bigint,
+  methodId: number,
+  target: { importedCap: number } | { promisedQuestion: number },
+  segments: readonly Uint8Array[],
+): boolean {
+  const params = segments[0];
+  if (segments.length !== 1 || !params || params.byteLength < 8 || (params.byteLength & 7) !== 0) return false;
+  const rootLo = readU32(params, 0);
+  const rootHi = readU32(params, 4);
+  if ((rootLo & 3) === PTR_FAR) return false;
+  const pipelined = "promisedQuestion" in target;
+  const trailerWords = CALL_TRAILER_WORDS + (pipelined ? 2 : 0);
+  const n = params.byteLength / 8; // the envelope starts at word n
+  const frame = out.reserve(8 + n * 8 + trailerWords * 8);
+  const dv = out.dv;
+  dv.setUint32(frame, 0, true);
+  dv.setUint32(frame + 4, n + trailerWords, true);
+  const seg = frame + 8;
+  setStructPointer(dv, seg, seg + n * 8, 1, 1); // root → Message at word n
+  out.bytes.set(params.subarray(8), seg + 8);
+
+  const msg = seg + n * 8;
+  dv.setUint16(msg, MSG_CALL, true);
+  const call = msg + 16;
+  setStructPointer(dv, msg + 8, call, 3, 3);
+  dv.setUint32(call, questionId, true);
+  dv.setUint16(call + 4, methodId, true); // sendResultsTo stays 0: caller
+  dv.setUint32(call + 8, Number(interfaceId & 0xffffffffn), true);
+  dv.setUint32(call + 12, Number(interfaceId >> 32n), true);
+  const messageTarget = call + 48;
+  const payload = messageTarget + 16;
+  setStructPointer(dv, call + 24, messageTarget, 1, 1);
+  setStructPointer(dv, call + 32, payload, 0, 2);
+  if (pipelined) {
+    const promised = payload + 16;
+    dv.setUint16(messageTarget + 4, TARGET_PROMISED_ANSWER, true);
+    setStructPointer(dv, messageTarget + 8, promised, 1, 1);
+    dv.setUint32(promised, target.promisedQuestion, true);
+  } else {
+    dv.setUint32(messageTarget, target.importedCap, true); // tag 0: importedCap
+  }
+  if ((rootLo & 3) === PTR_OTHER) {
+    dv.setUint32(payload, rootLo, true);
+    dv.setUint32(payload + 4, rootHi, true);
+  } else if (rootLo !== 0 || rootHi !== 0) {
+    // The params' root (word 0) pointed at word 1 + offset; Payload.content is at word n + 10.
+    const offset = 1 + (rootLo >> 2) - (n + 11);
+    dv.setUint32(payload, ((offset << 2) | (rootLo & 3)) >>> 0, true);
+    dv.setUint32(payload + 4, rootHi, true);
+  }
+  return true;
 }
 
 function readU32(bytes: Uint8Array, at: number): number {

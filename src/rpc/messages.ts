@@ -7,7 +7,7 @@
 // 0.0.16 internals (`_capnp.segments`, Segment.byteLength); capnp-es is pinned and
 // test/unit/rpc-messages.test.ts checks the results stay byte-identical to the plain API's.
 
-import { Message } from "capnp-es";
+import { Message, Pointer, utils, type Struct } from "capnp-es";
 
 interface SegmentInternals {
   buffer: ArrayBuffer;
@@ -95,4 +95,24 @@ export function messageSegments(message: Message): Uint8Array[] {
   const segments = segmentsOf(message);
   if (segments.length === 0) message.getSegment(0);
   return segments.map((s) => new Uint8Array(s.buffer, 0, s.byteLength));
+}
+
+type StructClass<T extends Struct> = { new (...args: any[]): T; readonly _capnp: { size: { dataByteLength: number; pointerLength: number } } };
+
+/**
+ * The struct at byte `offset` of segment `seg` in `message` (where a Payload's content pointer
+ * is), as `Class`; segment -1 means a null pointer. Null reads as all defaults, and an older
+ * peer's shorter struct is resized so its missing fields read as defaults too (capnp-es's getAs
+ * does neither).
+ */
+export function readStructAt<T extends Struct>(message: Message, seg: number, offset: number, Class: StructClass<T>): T {
+  if (seg < 0) return newMessage().initRoot(Class as any) as T;
+  const pointer = new Pointer(message.getSegment(seg), offset);
+  if (utils.isNull(pointer)) return newMessage().initRoot(Class as any) as T;
+  const size = Class._capnp.size;
+  const actual = utils.getTargetStructSize(pointer);
+  if (actual.dataByteLength < size.dataByteLength || actual.pointerLength < size.pointerLength) {
+    utils.resize(size as any, pointer);
+  }
+  return utils.getAs(Class as any, pointer) as T;
 }

@@ -12,10 +12,12 @@ import {
   writeAbort,
   writeBootstrapReturn,
   writeExceptionReturn,
+  writeCall,
   writeResultsReturn,
+  RETURN_RESULTS,
 } from "../../src/rpc/envelope.ts";
 import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
-import { messageSegments, newMessage } from "../../src/rpc/messages.ts";
+import { messageSegments, newMessage, readStructAt } from "../../src/rpc/messages.ts";
 
 // ---- deterministic randomness ----------------------------------------------------------------
 
@@ -518,6 +520,100 @@ describe("Return encoders decode with capnp-es", () => {
     writeResultsReturn(out, 3, [new Uint8Array(8)]);
     const ret = decodeReturn(out.view());
     expect(utils.isNull(ret.results.content)).toBe(true);
+  });
+});
+
+/** createContainer params of random shape: texts, lists of texts and structs, an enum. */
+function createParams(r: Rng) {
+  const m = newMessage(r.pick([64, 1024]));
+  const req: any = (m.initRoot(Conmon$Client.methods[1]!.ParamsClass as any) as any)._initRequest();
+  const word = () => Array.from({ length: r.int(40) }, () => String.fromCharCode(97 + r.int(26))).join("");
+  req.id = word();
+  req.bundlePath = `/run/${word()}`;
+  req.terminal = r.bool();
+  const exitPaths = Array.from({ length: r.int(4) }, word);
+  if (exitPaths.length > 0) {
+    const list = req._initExitPaths(exitPaths.length);
+    exitPaths.forEach((p, i) => list.set(i, p));
+  }
+  const drivers = r.int(3);
+  if (drivers > 0) {
+    const list = req._initLogDrivers(drivers);
+    for (let i = 0; i < drivers; i++) list.get(i).path = word();
+  }
+  req.cgroupManager = r.int(2);
+  const view = (q: any) => ({
+    id: q.id,
+    bundlePath: q.bundlePath,
+    terminal: q.terminal,
+    exitPaths: Array.from({ length: q.exitPaths.length }, (_, i) => q.exitPaths.get(i)),
+    drivers: Array.from({ length: q.logDrivers.length }, (_, i) => q.logDrivers.get(i).path),
+    cgroupManager: q.cgroupManager,
+  });
+  return { message: m, expected: view(req), view };
+}
+
+describe("writeCall decodes with capnp-es and parseEnvelope", () => {
+  test.each(SEEDS.slice(0, 4))("random createContainer params, both targets (seed %d)", (seed) => {
+    const r = rng(seed);
+    for (let i = 0; i < 80; i++) {
+      const { message, expected, view } = createParams(r);
+      const questionId = r.u32();
+      const target: { importedCap: number } | { promisedQuestion: number } = r.bool() ? { importedCap: r.u32() } : { promisedQuestion: r.u32() };
+      const out = new OutBuffer(16);
+      if (r.bool()) writeBootstrapReturn(out, 1, 0); // a frame already buffered before ours
+      const before = out.length;
+      expect(writeCall(out, questionId, Conmon$Client.interfaceId, 1, target, messageSegments(message))).toBe(true);
+      const frame = out.view().slice(before);
+
+      const m = new Message(frame.slice().buffer, false).getRoot(RpcMessage);
+      expect(m.which()).toBe(RpcMessage.CALL);
+      const call = m.call;
+      expect([call.questionId, call.interfaceId, call.methodId]).toEqual([questionId, Conmon$Client.interfaceId, 1]);
+      if ("importedCap" in target) {
+        expect(call.target.which()).toBe(MessageTarget.IMPORTED_CAP);
+        expect(call.target.importedCap).toBe(target.importedCap);
+      } else {
+        expect(call.target.which()).toBe(MessageTarget.PROMISED_ANSWER);
+        expect(call.target.promisedAnswer.questionId).toBe(target.promisedQuestion);
+        expect(call.target.promisedAnswer.transform.length).toBe(0);
+      }
+      const params: any = utils.getAs(Conmon$Client.methods[1]!.ParamsClass as any, call.params.content);
+      expect(view(params.request)).toEqual(expected);
+
+      const env = parse(frame);
+      expect([env.which, env.questionId, env.methodId]).toEqual([RpcMessage.CALL, questionId, 1]);
+      const viaEnvelope: any = readStructAt(new Message(frame.slice().buffer, false), env.paramsSeg, env.paramsOffset, Conmon$Client.methods[1]!.ParamsClass as any);
+      expect(view(viaEnvelope.request)).toEqual(expected);
+    }
+  });
+
+  test("params of more than one segment are left to the caller (nothing written)", () => {
+    const out = new OutBuffer(16);
+    expect(writeCall(out, 1, Conmon$Client.interfaceId, 0, { importedCap: 0 }, [new Uint8Array(16), new Uint8Array(8)])).toBe(false);
+    expect(out.length).toBe(0);
+  });
+});
+
+describe("parseEnvelope reads a Return for the client", () => {
+  test("answer id, results location; exceptions carry no results", () => {
+    const r = rng(77);
+    for (let i = 0; i < 40; i++) {
+      const { message, expected } = execResults(r, r.pick([0, 9, 3000]));
+      const answerId = r.u32();
+      const out = new OutBuffer(64);
+      writeResultsReturn(out, answerId, messageSegments(message));
+      const frame = out.view().slice();
+      const env = parse(frame);
+      expect([env.which, env.questionId, env.returnWhich]).toEqual([RpcMessage.RETURN, answerId, RETURN_RESULTS]);
+      const results: any = readStructAt(new Message(frame.buffer, false), env.paramsSeg, env.paramsOffset, Conmon$Client.methods[2]!.ResultsClass as any);
+      const resp = results.response;
+      expect({ exitCode: resp.exitCode, timedOut: resp.timedOut, stdout: [...resp.stdout.toUint8Array()], stderr: [...resp.stderr.toUint8Array()] }).toEqual(expected);
+    }
+    const out = new OutBuffer(64);
+    writeExceptionReturn(out, 5, "failed", "boom");
+    const env = parse(out.view().slice());
+    expect([env.which, env.questionId, env.returnWhich, env.paramsSeg]).toEqual([RpcMessage.RETURN, 5, Return.EXCEPTION, -1]);
   });
 });
 
