@@ -3,6 +3,7 @@
 
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import type { BuildInfo } from "../version.ts";
 import { RpcClient } from "./rpc-client.ts";
 import { execSyncContainer, type ExecSyncConfig, type ExecContainerResult } from "./exec.ts";
 import { attachContainer, closeAttaches, type AttachConfig } from "./attach.ts";
@@ -39,17 +40,8 @@ export interface ConmonServerConfig {
   cgroupManager?: CgroupManager;
 }
 
-export interface VersionResponse {
-  processId: number;
-  version: string;
-  tag: string;
-  commit: string;
-  buildDate: string;
-  target: string;
-  rustVersion: string;
-  cargoVersion: string;
-  cargoTree: string;
-}
+/** The server's build (src/version.ts) and its pid. */
+export type VersionResponse = BuildInfo & { processId: number };
 
 export interface ContainerLogDriver {
   type: "cri" | "json" | "journald";

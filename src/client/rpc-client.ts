@@ -2,11 +2,11 @@
 // calls on it. Calls are pipelined on the bootstrap question (as go-capnp does), so the first call
 // costs no extra round trip.
 
-import { Message, utils, type Struct } from "capnp-es";
+import { Message, type Struct } from "capnp-es";
 import { Conmon$Client } from "../../schema/conmon.ts";
-import { Envelope, MSG_RETURN, RETURN_RESULTS, parseEnvelope, writeCall } from "../rpc/envelope.ts";
+import { Envelope, MSG_RETURN, RETURN_RESULTS, parseEnvelope, writeCall, writeFinish } from "../rpc/envelope.ts";
 import { FrameDecoder } from "../rpc/framing.ts";
-import { messageSegments, newMessage, readStructAt } from "../rpc/messages.ts";
+import { messageSegments, newMessage, readStructAt, rpcSchema } from "../rpc/messages.ts";
 import { FrameReader, OutBuffer } from "../rpc/wire.ts";
 import { withShortPath } from "../rpc/listener.ts";
 import type { Socket } from "bun";
@@ -95,9 +95,8 @@ export class RpcClient {
     // finish that question, so calls must name the imported capability instead.
     const target = this.bootstrapExport === undefined ? { promisedQuestion: BOOTSTRAP_QUESTION } : { importedCap: this.bootstrapExport };
     const out = new OutBuffer(64);
-    const frame = writeCall(out, questionId, Conmon$Client.interfaceId, methodId, target, messageSegments(params))
-      ? out.view()
-      : encodeCall(questionId, methodId, target, params, method.ParamsClass);
+    writeCall(out, questionId, Conmon$Client.interfaceId, methodId, target, messageSegments(params));
+    const frame = out.view();
     return new Promise<R>((resolve, reject) => {
       this.pending.set(questionId, { resolve: resolve as any, reject, ResultsClass: method.ResultsClass as any });
       this.write(frame);
@@ -111,7 +110,7 @@ export class RpcClient {
 
   private sendBootstrap(): void {
     const msg = new Message();
-    msg.initRoot(rpcClasses().Message)._initBootstrap().questionId = BOOTSTRAP_QUESTION;
+    msg.initRoot(rpcSchema().Message)._initBootstrap().questionId = BOOTSTRAP_QUESTION;
     this.write(new Uint8Array(msg.toArrayBuffer()));
   }
 
@@ -146,7 +145,7 @@ export class RpcClient {
   }
 
   private handleRare(frame: ArrayBuffer): void {
-    const { Message: RpcMessage, Return } = rpcClasses();
+    const { Message: RpcMessage, Return } = rpcSchema();
     const msg = new Message(frame, false).getRoot(RpcMessage);
     const which = msg.which();
     if (which === RpcMessage.ABORT) {
@@ -165,13 +164,11 @@ export class RpcClient {
       }
       return;
     }
+    // Results of other questions took the fast path in handle().
     const pending = this.pending.get(questionId);
     if (!pending) return;
     this.pending.delete(questionId);
     switch (ret.which()) {
-      case Return.RESULTS:
-        pending.resolve(utils.getAs(pending.ResultsClass as any, ret.results.content));
-        break;
       case Return.EXCEPTION:
         pending.reject(new RemoteError(ret.exception.reason, ret.exception.type));
         break;
@@ -193,15 +190,9 @@ export class RpcClient {
     const ids = this.finishQueue;
     this.finishQueue = [];
     if (ids.length === 0) return;
-    const template = finishTemplate();
-    const out = new Uint8Array(template.frame.byteLength * ids.length);
-    const view = new DataView(out.buffer);
-    ids.forEach((id, i) => {
-      const at = i * template.frame.byteLength;
-      out.set(template.frame, at);
-      view.setUint32(at + template.questionIdOffset, id, true);
-    });
-    this.write(out);
+    const out = new OutBuffer(ids.length * 40);
+    for (const id of ids) writeFinish(out, id);
+    this.write(out.view());
   };
 
   private write(bytes: Uint8Array): void {
@@ -232,52 +223,4 @@ export class RpcClient {
     for (const pending of this.pending.values()) pending.reject(err);
     this.pending.clear();
   }
-}
-
-/** A Finish frame (releaseResultCaps false) and where its question id sits, built once. */
-let finish: { frame: Uint8Array; questionIdOffset: number } | undefined;
-
-function finishTemplate(): { frame: Uint8Array; questionIdOffset: number } {
-  if (finish) return finish;
-  const MARK = 0x7e5a3c1d;
-  const msg = new Message();
-  const body = msg.initRoot(rpcClasses().Message)._initFinish();
-  body.questionId = MARK;
-  body.releaseResultCaps = false;
-  const frame = new Uint8Array(msg.toArrayBuffer());
-  const view = new DataView(frame.buffer);
-  let offset = -1;
-  for (let at = 0; at + 4 <= frame.byteLength; at += 4) {
-    if (view.getUint32(at, true) === MARK) offset = at;
-  }
-  if (offset < 0) throw new Error("finish template: question id not found in the encoded frame");
-  view.setUint32(offset, 0, true);
-  finish = { frame, questionIdOffset: offset };
-  return finish;
-}
-
-/** capnp-es's rpc.capnp classes, for the messages not written or read by hand. */
-function rpcClasses(): typeof import("capnp-es/capnp/rpc") {
-  return require("capnp-es/capnp/rpc") as typeof import("capnp-es/capnp/rpc");
-}
-
-/** The Call as capnp-es builds it: the fallback for params that did not fit one segment. */
-function encodeCall(
-  questionId: number,
-  methodId: number,
-  target: { importedCap: number } | { promisedQuestion: number },
-  params: Message,
-  ParamsClass: any,
-): Uint8Array {
-  const msg = new Message();
-  const call = msg.initRoot(rpcClasses().Message)._initCall();
-  call.questionId = questionId;
-  call.interfaceId = Conmon$Client.interfaceId;
-  call.methodId = methodId;
-  const messageTarget = call._initTarget();
-  if ("promisedQuestion" in target) messageTarget._initPromisedAnswer().questionId = target.promisedQuestion;
-  else messageTarget.importedCap = target.importedCap;
-  const content = call._initParams().content;
-  utils.copyFrom(params.getRoot(ParamsClass), content);
-  return new Uint8Array(msg.toArrayBuffer());
 }

@@ -33,7 +33,7 @@ import {
   writeResultsReturn,
 } from "./envelope.ts";
 import { resultsToSend } from "./results.ts";
-import { ResultsSizes, messageBytes, newMessage, readFrame, readStructAt } from "./messages.ts";
+import { ResultsSizes, messageBytes, newMessage, readFrame, readStructAt, rpcSchema } from "./messages.ts";
 import { errorChain } from "../errors.ts";
 
 export { EncodedResults, replyWith } from "./results.ts";
@@ -201,7 +201,7 @@ export class RpcConnection {
 
   /** Messages off the hot path, read with capnp-es. */
   private handleRare(which: number, frame: Uint8Array): void {
-    const RpcMessage = rpcMessageClass();
+    const RpcMessage = rpcSchema().Message;
     const msg = new Message(frame, false).getRoot(RpcMessage);
     switch (which) {
       case MSG_ABORT:
@@ -420,14 +420,6 @@ function frameBytes(dv: DataView, start: number, length: number): Uint8Array {
 function readParams<T extends Struct>(env: Envelope, dv: DataView, start: number, length: number, Class: StructClass<T>): T {
   if (env.paramsSeg < 0) return newMessage().initRoot(Class);
   return readStructAt(readFrame(dv, start, length), env.paramsSeg, env.paramsOffset, Class);
-}
-
-/**
- * capnp-es's generated rpc.capnp classes, loaded on first use: only rare messages need them, and
- * loading them costs about 0.8 MB of the server's idle RssAnon (docs/performance.md).
- */
-function rpcMessageClass(): typeof import("capnp-es/capnp/rpc").Message {
-  return (require("capnp-es/capnp/rpc") as typeof import("capnp-es/capnp/rpc")).Message;
 }
 
 function messageName(which: number): string {

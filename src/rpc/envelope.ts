@@ -252,36 +252,57 @@ function writeSingleSegment(
   rootHi: number,
   sendBody: ((body: Uint8Array) => void) | undefined,
 ): void {
-  const n = results.byteLength / 8; // the envelope starts at word n
-  const frame = out.reserve(16);
-  let dv = out.dv;
-  dv.setUint32(frame, 0, true);
-  dv.setUint32(frame + 4, n + TRAILER_WORDS, true);
-  dv.setUint32(frame + 8, (n - 1) << 2, true); // root → Message at word n (1 data word, 1 pointer)
-  dv.setUint32(frame + 12, 1 | (1 << 16), true);
-  const body = results.subarray(8);
-  if (sendBody) sendBody(body);
-  else {
-    const at = out.reserve(body.byteLength); // may reallocate out.bytes: reserve first
-    out.bytes.set(body, at);
-  }
-
+  const n = beginSplicedFrame(out, results, TRAILER_WORDS, sendBody);
   const env = out.reserve(TRAILER_WORDS * 8);
-  dv = out.dv;
+  const dv = out.dv;
   dv.setUint16(env, MSG_RETURN, true);
   setStructPointer(dv, env + 8, env + 16, 2, 1);
   dv.setUint32(env + 16, answerId, true);
   dv.setUint8(env + 20, 1); // releaseParamCaps = false (stored XOR its default, true)
   dv.setUint16(env + 22, RETURN_RESULTS, true);
   setStructPointer(dv, env + 32, env + 40, 0, 2);
-  if ((rootLo & 3) === PTR_OTHER) {
-    dv.setUint32(env + 40, rootLo, true); // a capability index does not depend on position
-  } else if (rootLo !== 0 || rootHi !== 0) {
-    // The results' root (word 0) pointed at word 1 + offset; Payload.content is word n + 5.
-    const offset = 1 + (rootLo >> 2) - (n + 6);
-    dv.setUint32(env + 40, ((offset << 2) | (rootLo & 3)) >>> 0, true);
+  setMovedRoot(dv, env + 40, n + 5, rootLo, rootHi);
+}
+
+/**
+ * Starts a one-segment frame around a message of one segment (`payload`, starting with its root
+ * pointer): the frame header, a root pointer to the envelope's Message struct (1 data word, 1
+ * pointer) at word n, and the payload's words 1..n-1 where they were, so every pointer inside
+ * them stays valid. The caller reserves and writes the `trailerWords` envelope words next.
+ * With `sendBody`, the body is handed to it instead of being copied (it must flush `out` and
+ * then send the body). Returns n.
+ */
+function beginSplicedFrame(out: OutBuffer, payload: Uint8Array, trailerWords: number, sendBody?: (body: Uint8Array) => void): number {
+  const n = payload.byteLength / 8;
+  const frame = out.reserve(16);
+  const dv = out.dv;
+  dv.setUint32(frame, 0, true);
+  dv.setUint32(frame + 4, n + trailerWords, true);
+  setStructPointer(dv, frame + 8, frame + 8 + n * 8, 1, 1);
+  const body = payload.subarray(8);
+  if (sendBody) sendBody(body);
+  else {
+    const at = out.reserve(body.byteLength); // may reallocate out.bytes: reserve first
+    out.bytes.set(body, at);
   }
-  dv.setUint32(env + 44, rootLo === 0 && rootHi === 0 ? 0 : rootHi, true);
+  return n;
+}
+
+/**
+ * Writes at `at` (word `word` of the frame's segment 0) the root pointer (rootLo, rootHi) that
+ * sat at word 0 of the spliced payload and pointed into it. Capability pointers do not depend on
+ * their position; struct and list offsets are re-based; null stays null.
+ */
+function setMovedRoot(dv: DataView, at: number, word: number, rootLo: number, rootHi: number): void {
+  if ((rootLo & 3) === PTR_OTHER) {
+    dv.setUint32(at, rootLo, true);
+    dv.setUint32(at + 4, rootHi, true);
+  } else if (rootLo !== 0 || rootHi !== 0) {
+    // The root pointed at word 1 + offset; it now sits at `word`.
+    const offset = 1 + (rootLo >> 2) - (word + 1);
+    dv.setUint32(at, ((offset << 2) | (rootLo & 3)) >>> 0, true);
+    dv.setUint32(at + 4, rootHi, true);
+  }
 }
 
 function writeWithFarRoot(out: OutBuffer, answerId: number, segments: readonly Uint8Array[], rootLo: number, rootHi: number): void {
@@ -331,11 +352,11 @@ function writeWithFarRoot(out: OutBuffer, answerId: number, segments: readonly U
 const CALL_TRAILER_WORDS = 12;
 
 /**
- * A Call (what a client sends) around params built in their own message, when that message has
- * one segment with a near root pointer (what capnp-es builds for small params); returns false
- * and writes nothing otherwise. Same splice as writeSingleSegment: the params words first, the
- * envelope after them. The target is the imported capability `target.importedCap`, or the
- * answer to question `target.promisedQuestion` (pipelining on the bootstrap question).
+ * A Call (what a client sends) around params built in their own message, which must have one
+ * segment with a near root pointer: what newMessage() builds, since its arena only grows its one
+ * segment. Same splice as a results Return: the params words first, the envelope after them.
+ * The target is the imported capability `target.importedCap`, or the answer to question
+ * `target.promisedQuestion` (pipelining on the bootstrap question).
  */
 export function writeCall(
   out: OutBuffer,
@@ -344,24 +365,16 @@ export function writeCall(
   methodId: number,
   target: { importedCap: number } | { promisedQuestion: number },
   segments: readonly Uint8Array[],
-): boolean {
+): void {
   const params = segments[0];
-  if (segments.length !== 1 || !params || params.byteLength < 8 || (params.byteLength & 7) !== 0) return false;
-  const rootLo = readU32(params, 0);
-  const rootHi = readU32(params, 4);
-  if ((rootLo & 3) === PTR_FAR) return false;
+  if (segments.length !== 1 || !params || params.byteLength < 8 || (params.byteLength & 7) !== 0 || (readU32(params, 0) & 3) === PTR_FAR) {
+    throw new Error(`call params must be one word-aligned segment with a near root (got ${segments.length} segments)`);
+  }
   const pipelined = "promisedQuestion" in target;
   const trailerWords = CALL_TRAILER_WORDS + (pipelined ? 2 : 0);
-  const n = params.byteLength / 8; // the envelope starts at word n
-  const frame = out.reserve(8 + n * 8 + trailerWords * 8);
+  const n = beginSplicedFrame(out, params, trailerWords);
+  const msg = out.reserve(trailerWords * 8);
   const dv = out.dv;
-  dv.setUint32(frame, 0, true);
-  dv.setUint32(frame + 4, n + trailerWords, true);
-  const seg = frame + 8;
-  setStructPointer(dv, seg, seg + n * 8, 1, 1); // root → Message at word n
-  out.bytes.set(params.subarray(8), seg + 8);
-
-  const msg = seg + n * 8;
   dv.setUint16(msg, MSG_CALL, true);
   const call = msg + 16;
   setStructPointer(dv, msg + 8, call, 3, 3);
@@ -381,16 +394,20 @@ export function writeCall(
   } else {
     dv.setUint32(messageTarget, target.importedCap, true); // tag 0: importedCap
   }
-  if ((rootLo & 3) === PTR_OTHER) {
-    dv.setUint32(payload, rootLo, true);
-    dv.setUint32(payload + 4, rootHi, true);
-  } else if (rootLo !== 0 || rootHi !== 0) {
-    // The params' root (word 0) pointed at word 1 + offset; Payload.content is at word n + 10.
-    const offset = 1 + (rootLo >> 2) - (n + 11);
-    dv.setUint32(payload, ((offset << 2) | (rootLo & 3)) >>> 0, true);
-    dv.setUint32(payload + 4, rootHi, true);
-  }
-  return true;
+  setMovedRoot(dv, payload, n + 10, readU32(params, 0), readU32(params, 4));
+}
+
+/** Finish for question `questionId`, releaseResultCaps false (as our client has always sent it). */
+export function writeFinish(out: OutBuffer, questionId: number): void {
+  const frame = out.reserve(8 + 4 * 8);
+  const dv = out.dv;
+  const seg = frame + 8;
+  setStructPointer(dv, seg, seg + 8, 1, 1);
+  dv.setUint16(seg + 8, MSG_FINISH, true);
+  setStructPointer(dv, seg + 16, seg + 24, 1, 0);
+  dv.setUint32(seg + 24, questionId, true);
+  dv.setUint8(seg + 28, 1); // releaseResultCaps = false (stored XOR its default, true)
+  finishSingleSegment(out, frame);
 }
 
 function readU32(bytes: Uint8Array, at: number): number {

@@ -116,3 +116,12 @@ export function readStructAt<T extends Struct>(message: Message, seg: number, of
   }
   return utils.getAs(Class as any, pointer) as T;
 }
+
+/**
+ * capnp-es's generated rpc.capnp classes, loaded on first use: the hot messages are read and
+ * written by hand (envelope.ts), only rare ones need these, and loading them costs about 0.8 MB
+ * of a server's idle RssAnon (docs/performance.md).
+ */
+export function rpcSchema(): typeof import("capnp-es/capnp/rpc") {
+  return require("capnp-es/capnp/rpc") as typeof import("capnp-es/capnp/rpc");
+}

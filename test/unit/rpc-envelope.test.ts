@@ -13,6 +13,7 @@ import {
   writeBootstrapReturn,
   writeExceptionReturn,
   writeCall,
+  writeFinish,
   writeResultsReturn,
   RETURN_RESULTS,
 } from "../../src/rpc/envelope.ts";
@@ -563,7 +564,7 @@ describe("writeCall decodes with capnp-es and parseEnvelope", () => {
       const out = new OutBuffer(16);
       if (r.bool()) writeBootstrapReturn(out, 1, 0); // a frame already buffered before ours
       const before = out.length;
-      expect(writeCall(out, questionId, Conmon$Client.interfaceId, 1, target, messageSegments(message))).toBe(true);
+      writeCall(out, questionId, Conmon$Client.interfaceId, 1, target, messageSegments(message));
       const frame = out.view().slice(before);
 
       const m = new Message(frame.slice().buffer, false).getRoot(RpcMessage);
@@ -588,10 +589,44 @@ describe("writeCall decodes with capnp-es and parseEnvelope", () => {
     }
   });
 
-  test("params of more than one segment are left to the caller (nothing written)", () => {
+  test("params of more than one segment, or with a far root, are refused and nothing is written", () => {
     const out = new OutBuffer(16);
-    expect(writeCall(out, 1, Conmon$Client.interfaceId, 0, { importedCap: 0 }, [new Uint8Array(16), new Uint8Array(8)])).toBe(false);
+    expect(() => writeCall(out, 1, Conmon$Client.interfaceId, 0, { importedCap: 0 }, [new Uint8Array(16), new Uint8Array(8)])).toThrow(/one word-aligned segment/);
+    const farRoot = new Uint8Array(16);
+    farRoot[0] = 2; // a far pointer
+    expect(() => writeCall(out, 1, Conmon$Client.interfaceId, 0, { importedCap: 0 }, [farRoot])).toThrow(/near root/);
     expect(out.length).toBe(0);
+  });
+
+  test("params messages from newMessage() stay one segment however large they grow", () => {
+    const m = newMessage(1024);
+    const req: any = (m.initRoot(Conmon$Client.methods[1]!.ParamsClass as any) as any)._initRequest();
+    const list = req._initExitPaths(20_000);
+    for (let i = 0; i < 20_000; i++) list.set(i, `/run/exit/${i}`.padEnd(60, "x"));
+    expect(messageSegments(m).length).toBe(1);
+    const out = new OutBuffer(16);
+    writeCall(out, 3, Conmon$Client.interfaceId, 1, { importedCap: 0 }, messageSegments(m));
+    const call = new Message(out.view().slice().buffer, false).getRoot(RpcMessage).call;
+    const params: any = utils.getAs(Conmon$Client.methods[1]!.ParamsClass as any, call.params.content);
+    expect(params.request.exitPaths.length).toBe(20_000);
+    expect(params.request.exitPaths.get(19_999)).toBe("/run/exit/19999".padEnd(60, "x"));
+  });
+});
+
+describe("writeFinish decodes with capnp-es", () => {
+  test("question id and releaseResultCaps false, frames back to back", () => {
+    const out = new OutBuffer(8);
+    const ids = [0, 1, 0xfffffffe, 77];
+    for (const id of ids) writeFinish(out, id);
+    const bytes = out.view();
+    expect(bytes.byteLength).toBe(40 * ids.length);
+    ids.forEach((id, i) => {
+      const m = new Message(bytes.slice(40 * i, 40 * (i + 1)).buffer, false).getRoot(RpcMessage);
+      expect(m.which()).toBe(RpcMessage.FINISH);
+      expect([m.finish.questionId, m.finish.releaseResultCaps]).toEqual([id, false]);
+      const env = parse(bytes.slice(40 * i, 40 * (i + 1)));
+      expect([env.which, env.questionId]).toEqual([RpcMessage.FINISH, id]);
+    });
   });
 });
 
