@@ -2,7 +2,6 @@
 // answer its exit code. Kubelet probes call this every few seconds in every pod, so it must be
 // cheap and must never let a chatty or hanging command hurt the server.
 
-import { randomUUID } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { ServerConfig } from "./cli.ts";
@@ -250,7 +249,7 @@ export class ExecSync {
     env: Record<string, string>;
     systemdCgroup: boolean;
   }): Promise<ExecResult> {
-    const pidFile = join(this.config.runtimeDir, `exec_sync${randomUUID()}pid`);
+    const pidFile = join(this.config.runtimeDir, `exec_sync${crypto.randomUUID()}pid`);
     const out = { stdout: new CappedBuffer(), stderr: new CappedBuffer() };
     const failed = (): ExecResult => ({ exitCode: EXIT_CODE_RUNTIME_FAILED, stdout: new Uint8Array(), stderr: new Uint8Array(), timedOut: false });
     let io: ContainerIO | undefined;

@@ -9,7 +9,8 @@
 // Used by the server's own log (src/logger.ts: PRIORITY + MESSAGE, like upstream) and by the
 // journald container log driver (src/log-journald.ts).
 
-import { closeFd, dgramSocket, memfdCreate, sealFd, sendDatagram, writeAll } from "../ffi/index.ts";
+import { closeFd, memfdCreate, sealFd, writeAll } from "../ffi/fd.ts";
+import { dgramSocket, sendDatagram } from "../ffi/socket.ts";
 
 export const DEFAULT_JOURNAL_SOCKET = "/run/systemd/journal/socket";
 

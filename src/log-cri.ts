@@ -10,7 +10,7 @@
 // Also home of `LogFile`, the truncating log file shared with the JSON driver.
 
 import { closeSync, fchmodSync, fsyncSync, openSync, writeSync } from "node:fs";
-import { strerror } from "../ffi/index.ts";
+import { strerror } from "../ffi/errors.ts";
 import type { LogStream } from "./container-log.ts";
 
 const NEWLINE = 0x0a;

@@ -9,7 +9,8 @@
 // its state dir, mounts it into the container and, on `runc start`, waits for the container's
 // READY=1), which is neither what the unit means nor what the engine expects.
 
-import { closeQuietly, dgramSocket, sendDatagram } from "../ffi/index.ts";
+import { closeQuietly } from "../ffi/fd.ts";
+import { dgramSocket, sendDatagram } from "../ffi/socket.ts";
 import { sendAbstractDatagram } from "../ffi/notify.ts";
 import { errorChain, withContext } from "./errors.ts";
 import type { Logger } from "./logger.ts";

@@ -2,7 +2,6 @@
 // connects once and sends the pty master over SCM_RIGHTS. Everything here is non-blocking and
 // driven by the poller; the one synchronous entry point, receiveNow(), exists for the moment the
 // runtime has exited and its message may already sit unread in the socket.
-import { randomUUID } from "node:crypto";
 import { chmodSync, renameSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { closeQuietly } from "../ffi/fd.ts";
@@ -75,7 +74,7 @@ export class ConsoleSocket {
 
   /** Listens at `$TMPDIR/conmon-term-<uuid>.sock` (mode 0700). */
   static open(handlers: ConsoleSocketHandlers): ConsoleSocket {
-    const path = join(tempDir(), `conmon-term-${randomUUID()}.sock`);
+    const path = join(tempDir(), `conmon-term-${crypto.randomUUID()}.sock`);
     let fd: number;
     try {
       fd = listenAtomically(path);

@@ -2,7 +2,6 @@
 // (spec §14). Output goes out as `[1|2] + chunk`, the client's stdin / resize / close arrive as
 // `[0|4|255] + payload`, and the session ends with a status on channel 3 and a close 1000.
 
-import { randomUUID } from "node:crypto";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import type { ServerConfig } from "../cli.ts";
@@ -224,7 +223,7 @@ export class ExecSession extends RemoteCommandSession {
   }
 
   private async run(): Promise<void> {
-    const pidFile = join(this.env.config.runtimeDir, `exec_streaming${randomUUID()}pid`);
+    const pidFile = join(this.env.config.runtimeDir, `exec_streaming${crypto.randomUUID()}pid`);
     let io: ContainerIO | null = null;
     try {
       const ioOptions = { stdin: this.req.stdin, log: this.log };

@@ -2,7 +2,6 @@
 // token (spec §14: LRU of 25, one hour, single use). The token is the only credential a client
 // of the streaming URL presents, so it comes from the CSPRNG and is never reused.
 
-import { randomUUID } from "node:crypto";
 
 export const SESSION_CAPACITY = 25;
 export const SESSION_MAX_AGE_MS = 60 * 60 * 1000;
@@ -42,7 +41,7 @@ export class SessionStore<T> {
       const oldest = this.entries.keys().next().value as string;
       this.entries.delete(oldest);
     }
-    const token = randomUUID();
+    const token = crypto.randomUUID();
     this.entries.set(token, { value, createdAt: this.now() });
     return token;
   }
