@@ -7,15 +7,10 @@ import type { ServerConfig } from "./cli.ts";
 import { withContext } from "./errors.ts";
 import { createLogger, type Logger } from "./logger.ts";
 import { listenRpc, type RpcListener } from "./rpc/listener.ts";
-import { conmonService, type Handler, type MethodName } from "./service.ts";
+import { CONCERN_METHODS, conmonService, type ConcernMethod, type Handler, type MethodName } from "./service.ts";
 import { handleVersion } from "./version.ts";
-import { ChildReaper } from "./child-reaper.ts";
-import { Containers } from "./containers.ts";
-import { ExecSync } from "./exec-sync.ts";
-import { Namespaces } from "./namespaces.ts";
-import { FdSocket } from "./fd-socket.ts";
+import type { Concerns } from "./concerns.ts";
 import { SdNotifier } from "./sd-notify.ts";
-import { StreamingServer } from "./streaming-server.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
 import { setProcessName, subreaper } from "../ffi/process.ts";
 
@@ -111,17 +106,57 @@ export class Server {
   shutdown(): Promise<void> {
     this.shuttingDown ??= (async () => {
       await this.notifier?.stopping();
-      for (const hook of this.shutdownHooks) {
-        try {
-          await hook();
-        } catch (err) {
-          this.logger.error(`shutdown: ${err instanceof Error ? err.message : String(err)}`);
-        }
-      }
+      await this.runHooks(this.shutdownHooks);
       this.listener?.stop();
       for (const name of [SOCKET_NAME, FD_SOCKET_NAME]) rmSync(join(this.config.runtimeDir, name), { force: true });
     })();
     return this.shuttingDown;
+  }
+
+  /** Runs each hook in order; one that fails is logged and does not skip the next. Hooks added
+   * while this runs (a concern loading during shutdown) run too. */
+  async runHooks(hooks: readonly ShutdownHook[]): Promise<void> {
+    for (const hook of hooks) {
+      try {
+        await hook();
+      } catch (err) {
+        this.logger.error(`shutdown: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+  }
+}
+
+/**
+ * Every method but `version` is served by src/concerns.ts, which is loaded and built with the
+ * first call to one of them. A monitor that has not been asked for anything yet then keeps
+ * about 1.5 MB less anonymous memory (docs/performance.md); the first call pays the load once.
+ */
+class LazyConcerns {
+  private loading?: Promise<Concerns>;
+  private loaded?: Concerns;
+
+  constructor(private readonly server: Server) {}
+
+  handler(name: ConcernMethod): Handler {
+    return (params, results) => {
+      if (this.loaded) return this.loaded.handlers[name](params, results);
+      return this.load().then((concerns) => concerns.handlers[name](params, results));
+    };
+  }
+
+  /** Shutdown work of whatever was loaded, including a load still under way. */
+  async shutdown(): Promise<void> {
+    if (this.loading === undefined) return;
+    await this.server.runHooks((await this.loading).shutdownHooks);
+  }
+
+  private load(): Promise<Concerns> {
+    this.loading ??= import("./concerns.ts").then(({ buildConcerns }) => {
+      const { config, logger } = this.server;
+      this.loaded = buildConcerns(config, join(config.runtimeDir, FD_SOCKET_NAME), logger);
+      return this.loaded;
+    });
+    return this.loading;
   }
 }
 
@@ -134,31 +169,9 @@ export function runServer(config: ServerConfig): Server {
   validateConfig(config);
   prepareProcess();
   const server = new Server(config);
-  const reaper = new ChildReaper(server.logger);
-  const containers = new Containers(config, reaper, server.logger);
-  server.handle("createContainer", containers.handleCreate);
-  server.handle("reopenLogContainer", containers.handleReopenLog);
-  server.handle("attachContainer", containers.handleAttach);
-  server.handle("setWindowSizeContainer", containers.handleSetWindowSize);
-  // startFdSocket: the slots it fills are what createContainer's additionalFds/leakFds take.
-  const fdSocket = new FdSocket(join(config.runtimeDir, FD_SOCKET_NAME), server.logger);
-  containers.fdStore = fdSocket;
-  server.handle("startFdSocket", fdSocket.handleStart);
-  server.onShutdown(() => fdSocket.close());
-  const execSync = new ExecSync(config, reaper, server.logger);
-  server.handle("execSyncContainer", execSync.handle);
-  // serveExec/serveAttach/servePortForward: the WebSocket server starts with the first call. Its
-  // shutdown hook runs before the containers are killed, so sessions end before their containers.
-  const streaming = new StreamingServer(config, containers, reaper, server.logger);
-  server.handle("serveExecContainer", streaming.handleServeExec);
-  server.handle("serveAttachContainer", streaming.handleServeAttach);
-  server.handle("servePortForwardContainer", streaming.handleServePortForward);
-  server.onShutdown(() => streaming.shutdown());
-  server.onShutdown(() => Promise.all([containers.killAll(), execSync.killAll()]).then(() => {}));
-  // createNamespaces: one pause per pod; its pins go after the containers that joined them.
-  const namespaces = new Namespaces(server.logger);
-  server.handle("createNamespaces", namespaces.handle);
-  server.onShutdown(() => namespaces.stopAll());
+  const concerns = new LazyConcerns(server);
+  for (const name of CONCERN_METHODS) server.handle(name, concerns.handler(name));
+  server.onShutdown(() => concerns.shutdown());
   server.start();
   return server;
 }

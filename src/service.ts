@@ -17,6 +17,21 @@ export type MethodName =
   | "serveAttachContainer"
   | "servePortForwardContainer";
 
+/** Every method but `version`: served by the concerns that server.ts loads on first use. */
+export const CONCERN_METHODS = [
+  "createContainer",
+  "execSyncContainer",
+  "attachContainer",
+  "reopenLogContainer",
+  "setWindowSizeContainer",
+  "createNamespaces",
+  "startFdSocket",
+  "serveExecContainer",
+  "serveAttachContainer",
+  "servePortForwardContainer",
+] as const satisfies readonly MethodName[];
+export type ConcernMethod = (typeof CONCERN_METHODS)[number];
+
 export type Handler = (params: any, results: any) => Promise<void> | void;
 
 /** Builds the service; a method without a handler answers `unimplemented`. */
