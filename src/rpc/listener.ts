@@ -34,6 +34,13 @@ export function withShortPath<T>(path: string, fn: (shortPath: string) => T): T 
   }
 }
 
+/** A full collection, then Bun.shrink(): it has JSC and the allocator release the freed pages
+ * now, which takes another ~0.2 MB off an idle monitor's RssAnon. */
+function collectAndShrink(): void {
+  Bun.gc(true);
+  Bun.shrink();
+}
+
 /**
  * Runs one full garbage collection once RPC traffic has stopped for a while. A burst of calls
  * leaves the heap grown, and JSC otherwise takes tens of seconds of idling to give it back; a
@@ -46,7 +53,7 @@ export class IdleCollector {
 
   constructor(
     private readonly quietMs = 2000,
-    private readonly collect: () => void = () => Bun.gc(true),
+    private readonly collect: () => void = collectAndShrink,
   ) {}
 
   /** Traffic seen. */
@@ -80,6 +87,9 @@ export class IdleCollector {
 export function listenRpc(path: string, service: RpcService, log: RpcLog): RpcListener {
   const peers = new Set<Socket<PeerState>>();
   const idle = new IdleCollector();
+  // Start-up leaves garbage too (module evaluation, the listener's set-up): collecting it once
+  // the server has been quiet a while takes about 0.5 MB off an idle monitor's RssAnon.
+  idle.touch();
   const listener: UnixSocketListener<PeerState> = withShortPath(path, (shortPath) =>
     Bun.listen<PeerState>({
       unix: shortPath,
