@@ -341,7 +341,8 @@ async function main(): Promise<void> {
   const ref = await startRef();
   const floor = await startFloor();
   try {
-    await Bun.sleep(2000);
+    // Idle = settled: the servers collect start-up garbage after 2 s without traffic.
+    await Bun.sleep(5000);
     const idle = [memory(a.running.pid), memory(b.running.pid), memory(ref.running.pid)];
 
     // JIT warm-up of the servers' hot paths and of the client's connection setup.

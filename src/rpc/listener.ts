@@ -56,6 +56,11 @@ export class IdleCollector {
     private readonly collect: () => void = collectAndShrink,
   ) {}
 
+  /** Collects once `quietMs` pass without traffic (used at start-up, which leaves garbage too). */
+  schedule(): void {
+    this.timer ??= this.arm();
+  }
+
   /** Traffic seen. */
   touch(): void {
     this.active = true;
@@ -87,9 +92,9 @@ export class IdleCollector {
 export function listenRpc(path: string, service: RpcService, log: RpcLog): RpcListener {
   const peers = new Set<Socket<PeerState>>();
   const idle = new IdleCollector();
-  // Start-up leaves garbage too (module evaluation, the listener's set-up): collecting it once
-  // the server has been quiet a while takes about 0.5 MB off an idle monitor's RssAnon.
-  idle.touch();
+  // Start-up leaves garbage (module evaluation, the listener's set-up): collecting it once the
+  // server has been quiet a while takes about 0.5 MB off an idle monitor's RssAnon.
+  idle.schedule();
   const listener: UnixSocketListener<PeerState> = withShortPath(path, (shortPath) =>
     Bun.listen<PeerState>({
       unix: shortPath,

@@ -74,6 +74,19 @@ describe("IdleCollector", () => {
     await Bun.sleep(60);
     expect(collected).toBe(1);
   });
+
+  test("schedule(): one collection after a quiet period with no traffic at all (start-up)", async () => {
+    let collected = 0;
+    const idle = new IdleCollector(20, () => collected++);
+    idle.schedule();
+    idle.schedule();
+    await Bun.sleep(10);
+    expect(collected).toBe(0);
+    await Bun.sleep(40);
+    expect(collected).toBe(1);
+    await Bun.sleep(60);
+    expect(collected).toBe(1);
+  });
 });
 
 describe("listenRpc", () => {
