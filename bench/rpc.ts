@@ -344,6 +344,11 @@ async function main(): Promise<void> {
     // Idle = settled: the servers collect start-up garbage after 2 s without traffic.
     await Bun.sleep(5000);
     const idle = [memory(a.running.pid), memory(b.running.pid), memory(ref.running.pid)];
+    // Idle again after one `version` call each: what a monitor that has answered its engine keeps
+    // (the first call's code paths and heap blocks stay).
+    for (const s of [a, b, ref]) await interopLine(["version", s.running.socket]);
+    await Bun.sleep(5000);
+    const idleAfterCall = [memory(a.running.pid), memory(b.running.pid), memory(ref.running.pid)];
 
     // JIT warm-up of the servers' hot paths and of the client's connection setup.
     for (const s of [a, ref, floor]) await bench(s, 4, 1);
@@ -372,6 +377,7 @@ async function main(): Promise<void> {
       const labels = ["conmon-ts A", "conmon-ts B", "C++ ref"];
       for (const [when, samples] of [
         ["idle", idle],
+        ["idle after one version call", idleAfterCall],
         ["right after load", afterLoad],
         [`${SETTLE_SECONDS} s later`, settled],
       ] as const) {
