@@ -12,6 +12,10 @@
 //   call <sock> reopen <id>
 //   call <sock> setWindowSize <id> <width> <height>
 //   call <sock> startFdSocket
+//   call <sock> execSync <id> <arg>...  one exec-sync (cgroupfs, no timeout); "us" is the call's
+//                                       round trip, measured after the bootstrap resolved
+//   call <sock> create <id> <bundle> <exitPath> [<criLogPath>]
+//                                       one createContainer (cgroupfs), "us" as for execSync
 //
 // Exit status: 0 when the command ran (whatever the RPCs answered), 1 on a client-side failure
 // outside any RPC, 2 on bad usage.
@@ -242,18 +246,25 @@ int cmdBench(capnp::EzRpcClient& client, double seconds, unsigned inflight) {
   return 0;
 }
 
-// Sends a request and prints {"step":..,"ok":true,...} or the exception; `onOk` adds result fields.
+// Sends a request and prints {"step":..,"ok":true,"us":..,...} or the exception; `onOk` adds
+// result fields. "us" is the round trip of this call alone (the capability is already resolved).
 template <typename Req, typename F>
 void callAndPrint(kj::WaitScope& ws, const char* step, Req& req, F onOk) {
   Json j;
   j.str("step", step);
   try {
+    auto t0 = std::chrono::steady_clock::now();
     auto resp = req.send().wait(ws);
-    onOk(j.boolean("ok", true), resp.getResponse());
+    double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    onOk(j.boolean("ok", true).num("us", us), resp.getResponse());
   } catch (const kj::Exception& e) {
     exception(j.boolean("ok", false), e);
   }
   j.print();
+}
+
+kj::String bytesText(capnp::Data::Reader d) {
+  return kj::heapString(reinterpret_cast<const char*>(d.begin()), d.size());
 }
 
 int usage() {
@@ -265,7 +276,9 @@ int usage() {
                "       conmon-interop-client bench <sock> <seconds> <inflight>\n"
                "       conmon-interop-client call <sock> reopen <id>\n"
                "       conmon-interop-client call <sock> setWindowSize <id> <width> <height>\n"
-               "       conmon-interop-client call <sock> startFdSocket\n");
+               "       conmon-interop-client call <sock> startFdSocket\n"
+               "       conmon-interop-client call <sock> execSync <id> <arg>...\n"
+               "       conmon-interop-client call <sock> create <id> <bundle> <exitPath> [<criLogPath>]\n");
   return 2;
 }
 
@@ -292,6 +305,34 @@ int cmdCall(capnp::EzRpcClient& client, int argc, char** argv) {
     auto req = cap.startFdSocketRequest();
     req.initRequest();
     callAndPrint(ws, "startFdSocket", req, [](Json& j, Conmon::StartFdSocketResponse::Reader r) { j.str("path", r.getPath()); });
+  } else if (m == "execSync" && argc >= 3) {
+    auto cap = resolvedMain(client);
+    auto req = cap.execSyncContainerRequest();
+    auto r = req.initRequest();
+    r.setId(argv[1]);
+    auto command = r.initCommand(static_cast<unsigned>(argc - 2));
+    for (int i = 2; i < argc; i++) command.set(static_cast<unsigned>(i - 2), argv[i]);
+    r.setCgroupManager(Conmon::CgroupManager::CGROUPFS);
+    callAndPrint(ws, "execSync", req, [](Json& j, Conmon::ExecSyncContainerResponse::Reader r) {
+      j.num("exitCode", r.getExitCode()).boolean("timedOut", r.getTimedOut());
+      j.str("stdout", bytesText(r.getStdout())).str("stderr", bytesText(r.getStderr()));
+    });
+  } else if (m == "create" && (argc == 4 || argc == 5)) {
+    auto cap = resolvedMain(client);
+    auto req = cap.createContainerRequest();
+    auto r = req.initRequest();
+    r.setId(argv[1]);
+    r.setBundlePath(argv[2]);
+    r.initExitPaths(1).set(0, argv[3]);
+    if (argc == 5) {
+      auto driver = r.initLogDrivers(1)[0];
+      driver.setType(Conmon::LogDriver::Type::CONTAINER_RUNTIME_INTERFACE);
+      driver.setPath(argv[4]);
+    }
+    r.setCgroupManager(Conmon::CgroupManager::CGROUPFS);
+    callAndPrint(ws, "create", req, [](Json& j, Conmon::CreateContainerResponse::Reader r) {
+      j.num("containerPid", r.getContainerPid());
+    });
   } else {
     return usage();
   }

@@ -18,6 +18,7 @@ import {
   type InteropLine,
   type RunningServer,
 } from "../helpers/interop.ts";
+import { makeBundle, type Bundle } from "../helpers/bundle.ts";
 
 const CONMONRS = join(REPO_ROOT, "dist/conmonrs");
 const useRef = process.env.INTEROP_SERVER === "ref";
@@ -105,5 +106,47 @@ describe("C++ libcapnp-rpc client", () => {
     const line = await interopLine(["bench", sock, "0.5", "4"]);
     expect(line).toMatchObject({ step: "bench", inflight: 4, errors: 0 });
     expect(line.calls as number).toBeGreaterThan(0);
+  });
+});
+
+// The container methods from the reference implementation: what CRI-O's client sends, encoded by
+// libcapnp instead of capnp-es, decoded by our server, and our answers decoded by libcapnp.
+describe.skipIf(useRef)("C++ libcapnp-rpc client: container methods (runc)", () => {
+  let bundle: Bundle;
+  const id = `interop-${process.pid}`;
+  const call = (...args: string[]) => interopLine(["call", sock, ...args], { timeoutMs: 30_000 });
+
+  beforeAll(async () => {
+    bundle = await makeBundle({ args: ["/busybox", "sh", "-c", "echo started; exec sleep 1000"] });
+  });
+  afterAll(async () => {
+    Bun.spawnSync(["runc", "delete", "--force", id], { stdout: "ignore", stderr: "ignore" });
+    await bundle?.cleanup();
+  });
+
+  test("createContainer with a CRI log, then execSync with output on both streams and an exit code", async () => {
+    const logPath = join(dir, `${id}.log`);
+    const created = await call("create", id, bundle.dir, join(dir, `${id}.exit`), logPath);
+    expect(created).toMatchObject({ step: "create", ok: true });
+    expect(created.containerPid as number).toBeGreaterThan(1);
+    expect(existsSync(`/proc/${created.containerPid}`)).toBe(true);
+    expect(Bun.spawnSync(["runc", "start", id]).exitCode).toBe(0);
+
+    const exec = await call("execSync", id, "/busybox", "sh", "-c", "printf out; printf err >&2; exit 3");
+    expect(exec).toMatchObject({ step: "execSync", ok: true, exitCode: 3, timedOut: false, stdout: "out", stderr: "err" });
+    // The container's own output reached its CRI log; the exec's did not.
+    const log = await Bun.file(logPath).text();
+    expect(log).toMatch(/^\S+ stdout F started\n$/);
+  });
+
+  test("execSync on an unknown container answers exitCode -2, not an exception", async () => {
+    expect(await call("execSync", "no-such-container", "true")).toMatchObject({ ok: true, exitCode: -2, stdout: "", stderr: "" });
+  });
+
+  test("reopen and setWindowSize on that container; setWindowSize fails on a non-terminal one", async () => {
+    expect(await call("reopen", id)).toMatchObject({ step: "reopen", ok: true });
+    const resize = await call("setWindowSize", id, "80", "24");
+    expect(resize).toMatchObject({ step: "setWindowSize", ok: false });
+    expect(resize.reason as string).toContain("container has no terminal");
   });
 });
