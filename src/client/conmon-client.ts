@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { BuildInfo } from "../version.ts";
 import { RpcClient } from "./rpc-client.ts";
+import { createContainerParams } from "./params.ts";
 import { execSyncContainer, type ExecSyncConfig, type ExecContainerResult } from "./exec.ts";
 import { attachContainer, closeAttaches, type AttachConfig } from "./attach.ts";
 import { createNamespaces, type CreateNamespacesConfig, type CreateNamespacesResponse } from "./namespaces.ts";
@@ -70,30 +71,6 @@ export interface CreateContainerConfig {
 }
 
 const LogDriverType = { cri: 0, json: 1, journald: 2 } as const;
-
-/** Lists with no elements stay unset (null), as the Go client sends them. */
-function setTexts(req: any, field: string, values: string[] | undefined): void {
-  if (!values || values.length === 0) return;
-  const list = req[`_init${field}`](values.length);
-  values.forEach((v, i) => list.set(i, v));
-}
-
-function setSlots(req: any, field: string, values: bigint[] | undefined): void {
-  if (!values || values.length === 0) return;
-  const list = req[`_init${field}`](values.length);
-  values.forEach((v, i) => list.set(i, v));
-}
-
-function setEnv(req: any, env: Record<string, string> | undefined): void {
-  const entries = Object.entries(env ?? {});
-  if (entries.length === 0) return;
-  const list = req._initEnvVars(entries.length);
-  entries.forEach(([key, value], i) => {
-    const entry = list.get(i);
-    entry.key = key;
-    entry.value = value;
-  });
-}
 
 const SOCKET_NAME = "conmon.sock";
 const PIDFILE_NAME = "pidfile";
@@ -187,10 +164,11 @@ export class ConmonClient {
   }
 
   /** Runs one RPC; on failure the connection is reset so the next call dials afresh. */
-  async call<T>(methodId: number, fill: (request: any) => void, read: (response: any) => T): Promise<T> {
+  async call<T>(methodId: number, fill: ((request: any) => void) | Uint8Array, read: (response: any) => T): Promise<T> {
     const rpc = await this.connection();
     try {
-      const results: any = await rpc.call(methodId, (params) => fill(params._initRequest()));
+      const params = fill instanceof Uint8Array ? fill : (p: any) => fill(p._initRequest());
+      const results: any = await rpc.call(methodId, params);
       return read(results.response);
     } catch (err) {
       this.resetConnection();
@@ -220,35 +198,23 @@ export class ConmonClient {
 
   /** createContainer: runs `runtime create` under the server; resolves with the container pid. */
   createContainer(cfg: CreateContainerConfig): Promise<{ pid: number }> {
-    return this.call(
-      1,
-      (req) => {
-        req.id = cfg.id;
-        req.bundlePath = cfg.bundlePath;
-        req.terminal = cfg.terminal ?? false;
-        req.stdin = cfg.stdin ?? false;
-        setTexts(req, "ExitPaths", cfg.exitPaths);
-        setTexts(req, "OomExitPaths", cfg.oomExitPaths);
-        setTexts(req, "CleanupCmd", cfg.cleanupCmd);
-        setTexts(req, "GlobalArgs", cfg.globalArgs);
-        setTexts(req, "CommandArgs", cfg.commandArgs);
-        setEnv(req, cfg.envVars);
-        const drivers = cfg.logDrivers ?? [];
-        if (drivers.length > 0) {
-          const list = req._initLogDrivers(drivers.length);
-          drivers.forEach((d, i) => {
-            const entry = list.get(i);
-            entry.type = LogDriverType[d.type];
-            entry.path = d.path ?? "";
-            entry.maxSize = BigInt(d.maxSize ?? 0);
-          });
-        }
-        req.cgroupManager = cfg.cgroupManager ?? this.config.cgroupManager ?? CgroupManager.systemd;
-        setSlots(req, "AdditionalFds", cfg.additionalFds);
-        setSlots(req, "LeakFds", cfg.leakFds);
-      },
-      (res) => ({ pid: res.containerPid as number }),
-    );
+    const params = createContainerParams({
+      id: cfg.id,
+      bundlePath: cfg.bundlePath,
+      terminal: cfg.terminal ?? false,
+      stdin: cfg.stdin ?? false,
+      exitPaths: cfg.exitPaths,
+      oomExitPaths: cfg.oomExitPaths,
+      logDrivers: (cfg.logDrivers ?? []).map((d) => ({ type: LogDriverType[d.type], path: d.path ?? "", maxSize: BigInt(d.maxSize ?? 0) })),
+      cleanupCmd: cfg.cleanupCmd,
+      globalArgs: cfg.globalArgs,
+      commandArgs: cfg.commandArgs,
+      envVars: cfg.envVars,
+      cgroupManager: cfg.cgroupManager ?? this.config.cgroupManager ?? CgroupManager.systemd,
+      additionalFds: cfg.additionalFds,
+      leakFds: cfg.leakFds,
+    });
+    return this.call(1, params, (res) => ({ pid: res.containerPid as number }));
   }
 
   /** reopenLogContainer: reopen every log file of the container at its path (after rotation). */

@@ -1,5 +1,6 @@
 // execSyncContainer on the client side (mirrors the Go client's ExecSyncContainer).
 import { CgroupManager, type ConmonClient } from "./conmon-client.ts";
+import { execSyncParams } from "./params.ts";
 
 export interface ExecSyncConfig {
   id: string;
@@ -22,24 +23,14 @@ export interface ExecContainerResult {
 export function execSyncContainer(client: ConmonClient, cfg: ExecSyncConfig): Promise<ExecContainerResult> {
   return client.call(
     2,
-    (req) => {
-      req.id = cfg.id;
-      req.timeoutSec = BigInt(cfg.timeoutSec ?? 0);
-      if (cfg.command.length > 0) {
-        const list = req._initCommand(cfg.command.length);
-        cfg.command.forEach((arg, i) => list.set(i, arg));
-      }
-      req.terminal = cfg.terminal ?? false;
-      const env = Object.entries(cfg.envVars ?? {});
-      if (env.length > 0) {
-        const list = req._initEnvVars(env.length);
-        env.forEach(([key, value], i) => {
-          list.get(i).key = key;
-          list.get(i).value = value;
-        });
-      }
-      req.cgroupManager = cfg.cgroupManager ?? client.config.cgroupManager ?? CgroupManager.systemd;
-    },
+    execSyncParams({
+      id: cfg.id,
+      command: cfg.command,
+      timeoutSec: BigInt(cfg.timeoutSec ?? 0),
+      terminal: cfg.terminal ?? false,
+      envVars: cfg.envVars,
+      cgroupManager: cfg.cgroupManager ?? client.config.cgroupManager ?? CgroupManager.systemd,
+    }),
     // Copy the bytes out before the message is released (as the Go client does).
     (res) => ({
       exitCode: res.exitCode,

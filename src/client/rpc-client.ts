@@ -81,21 +81,31 @@ export class RpcClient {
     return this.closedError !== undefined;
   }
 
-  /** Calls `Conmon` method `methodId`; `fill` writes the params. Resolves with the results struct. */
-  call<R extends Struct>(methodId: number, fill: (params: any) => void): Promise<R> {
+  /**
+   * Calls `Conmon` method `methodId`. `params` is either a function that fills the params struct
+   * through capnp-es, or a finished single-segment params message (src/client/params.ts).
+   * Resolves with the results struct.
+   */
+  call<R extends Struct>(methodId: number, params: ((params: any) => void) | Uint8Array): Promise<R> {
     if (this.closedError) return Promise.reject(this.closedError);
     const method = Conmon$Client.methods[methodId];
     if (!method) return Promise.reject(new Error(`unknown method ${methodId}`));
+    let segments: readonly Uint8Array[];
+    if (params instanceof Uint8Array) {
+      segments = [params];
+    } else {
+      const message = newMessage(1024);
+      params(message.initRoot(method.ParamsClass as any));
+      segments = messageSegments(message);
+    }
     const questionId = this.nextQuestion++;
-    // The params are built in a message of their own and the Call envelope is written around
-    // them by hand (src/rpc/envelope.ts), as the server does with its results.
-    const params = newMessage(1024);
-    fill(params.initRoot(method.ParamsClass as any));
+    // The params are a message of their own and the Call envelope is written around them by hand
+    // (src/rpc/envelope.ts), as the server does with its results.
     // Before the bootstrap Return the question is still open and can be pipelined on; after it we
     // finish that question, so calls must name the imported capability instead.
     const target = this.bootstrapExport === undefined ? { promisedQuestion: BOOTSTRAP_QUESTION } : { importedCap: this.bootstrapExport };
     const out = new OutBuffer(64);
-    writeCall(out, questionId, Conmon$Client.interfaceId, methodId, target, messageSegments(params));
+    writeCall(out, questionId, Conmon$Client.interfaceId, methodId, target, segments);
     const frame = out.view();
     return new Promise<R>((resolve, reject) => {
       this.pending.set(questionId, { resolve: resolve as any, reject, ResultsClass: method.ResultsClass as any });
