@@ -32,7 +32,7 @@ import {
   writeFrame,
   writeResultsReturn,
 } from "./envelope.ts";
-import { resultsToSend } from "./results.ts";
+import { LazyResults, resultsToSend } from "./results.ts";
 import { ResultsSizes, messageBytes, newMessage, readFrame, readStructAt, rpcSchema } from "./messages.ts";
 import { errorChain } from "../errors.ts";
 
@@ -256,14 +256,13 @@ export class RpcConnection {
   /** Reads the params, runs the handler; synchronous handlers are answered without a Promise. */
   private runCall(questionId: number, answer: Answer, method: RpcMethod, env: Envelope, dv: DataView, start: number, length: number): void {
     let params: Struct;
-    let results: Struct;
     try {
       params = readParams(env, dv, start, length, method.ParamsClass);
-      results = newMessage(resultsSizes.initialBytes(method)).initRoot(method.ResultsClass);
     } catch (err) {
       this.sendException(questionId, answer, new RpcException(`${method.name}: read params: ${errorChain(err)}`));
       return;
     }
+    const results = new LazyResults(() => newMessage(resultsSizes.initialBytes(method)).initRoot(method.ResultsClass));
     this.inFlight++;
     let settled: Promise<void> | void;
     try {
@@ -337,16 +336,21 @@ export class RpcConnection {
     else answer.finished = true;
   }
 
-  private sendReturn(questionId: number, answer: Answer, method: RpcMethod, results: Struct): void {
+  private sendReturn(questionId: number, answer: Answer, method: RpcMethod, results: LazyResults): void {
     if (!this.settle(questionId, answer)) return;
     let segments: readonly Uint8Array[];
-    try {
-      segments = resultsToSend(results.segment.message);
-    } catch (err) {
-      this.sendException(questionId, answer, new Error("encode results", { cause: err }), true);
-      return;
+    if (results.reply) {
+      segments = results.reply.segments;
+    } else {
+      try {
+        const message = results.struct.segment.message;
+        segments = resultsToSend(message);
+        resultsSizes.record(method, messageBytes(message));
+      } catch (err) {
+        this.sendException(questionId, answer, new Error("encode results", { cause: err }), true);
+        return;
+      }
     }
-    resultsSizes.record(method, messageBytes(results.segment.message));
     if (segments.length === 1 && segments[0]!.byteLength >= LARGE_RESULTS_BYTES) {
       // Everything buffered so far goes first, then the body straight from the results message.
       writeResultsReturn(this.out, questionId, segments, this.sendBody);

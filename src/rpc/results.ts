@@ -10,7 +10,7 @@ export class EncodedResults {
   private constructor(readonly segments: readonly Uint8Array[]) {}
 
   /** Snapshots the message `results` lives in (a copy: later writes to it are not seen). */
-  static capture(results: Struct): EncodedResults {
+  static capture(results: Struct | LazyResults): EncodedResults {
     return new EncodedResults(messageSegments(results.segment.message).map((s) => s.slice()));
   }
 
@@ -31,12 +31,42 @@ export class EncodedResults {
 const replies = new WeakMap<Message, EncodedResults>();
 
 /**
+ * The results a handler fills, as the connection hands them over: the capnp-es message is made
+ * on first use, so a handler that answers with replyWith() (version) never pays for one.
+ * Handlers use `_initResponse()` / `response`; `struct` is the message's root for the rest.
+ */
+export class LazyResults {
+  private made?: Struct;
+  /** Set by replyWith(): the bytes to answer with instead of the struct. */
+  reply?: EncodedResults;
+
+  constructor(private readonly make: () => Struct) {}
+
+  get struct(): Struct {
+    return (this.made ??= this.make());
+  }
+
+  get segment(): Struct["segment"] {
+    return this.struct.segment;
+  }
+
+  get response(): unknown {
+    return (this.struct as any).response;
+  }
+
+  _initResponse(): any {
+    return (this.struct as any)._initResponse();
+  }
+}
+
+/**
  * Answers the current call with `encoded` instead of what `results` holds. For handlers whose
  * results are the same for every call (and must be identical byte for byte to what filling
  * `results` would produce); the connection checks this after the handler settles.
  */
-export function replyWith(results: Struct, encoded: EncodedResults): void {
-  replies.set(results.segment.message, encoded);
+export function replyWith(results: Struct | LazyResults, encoded: EncodedResults): void {
+  if (results instanceof LazyResults) results.reply = encoded;
+  else replies.set(results.segment.message, encoded);
 }
 
 /** The segments to send for a call whose results live in `message`. */

@@ -6,6 +6,7 @@ import { Conmon$Client, Conmon_VersionResponse } from "../../schema/conmon.ts";
 import { RpcConnection, RpcException } from "../../src/rpc/connection.ts";
 import { FrameDecoder } from "../../src/rpc/framing.ts";
 import { conmonService } from "../../src/service.ts";
+import { EncodedResults, replyWith } from "../../src/rpc/results.ts";
 
 const IFACE = Conmon$Client.interfaceId;
 
@@ -123,6 +124,21 @@ describe("RpcConnection", () => {
     await Bun.sleep(0);
     expect(h.out).toEqual(["bootstrap 0 export 0", "return 1 pid 0 tree -"]);
     expect(h.conn.answerCount).toBe(0);
+  });
+
+  test("replyWith answers with the encoded results, whether or not the handler built its own", async () => {
+    const encoded = EncodedResults.build(Conmon$Client.methods[0].ResultsClass as any, (r: any) => {
+      r._initResponse().processId = 77;
+    });
+    const h = harness({
+      version: (params: any, results: any) => {
+        if (params.request.verbose) results._initResponse().processId = 1; // overridden below
+        replyWith(results, encoded);
+      },
+    });
+    h.send({ bootstrap: 0 }, { call: 1, target: { cap: 0 }, method: 0 }, { call: 2, target: { cap: 0 }, method: 0, verbose: true });
+    await Bun.sleep(0);
+    expect(h.out).toEqual(["bootstrap 0 export 0", "return 1 pid 77 tree -", "return 2 pid 77 tree -"]);
   });
 
   test("handler errors become failed exceptions with the error chain", async () => {
