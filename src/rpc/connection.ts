@@ -32,8 +32,8 @@ import {
   writeFrame,
   writeResultsReturn,
 } from "./envelope.ts";
-import { LazyResults, resultsToSend } from "./results.ts";
-import { ResultsSizes, messageBytes, newMessage, readFrame, readStructAt, rpcSchema } from "./messages.ts";
+import { LazyResults } from "./results.ts";
+import { ResultsSizes, messageBytes, messageSegments, newMessage, readFrame, readStructAt, rpcSchema } from "./messages.ts";
 import { errorChain } from "../errors.ts";
 
 export { EncodedResults, replyWith } from "./results.ts";
@@ -344,7 +344,7 @@ export class RpcConnection {
     } else {
       try {
         const message = results.struct.segment.message;
-        segments = resultsToSend(message);
+        segments = messageSegments(message);
         resultsSizes.record(method, messageBytes(message));
       } catch (err) {
         this.sendException(questionId, answer, new Error("encode results", { cause: err }), true);

@@ -2,7 +2,7 @@
 // the connection into its hand-built Return frame (envelope.ts), and results encoded once and
 // sent again for every call whose answer cannot change (the `version` RPC).
 
-import type { Message, Struct } from "capnp-es";
+import type { Struct } from "capnp-es";
 import { messageSegments, newMessage } from "./messages.ts";
 
 /** Results encoded once; sending them copies bytes and builds nothing. */
@@ -27,8 +27,6 @@ export class EncodedResults {
     return n;
   }
 }
-
-const replies = new WeakMap<Message, EncodedResults>();
 
 /**
  * The results a handler fills, as the connection hands them over: the capnp-es message is made
@@ -64,13 +62,6 @@ export class LazyResults {
  * results are the same for every call (and must be identical byte for byte to what filling
  * `results` would produce); the connection checks this after the handler settles.
  */
-export function replyWith(results: Struct | LazyResults, encoded: EncodedResults): void {
-  if (results instanceof LazyResults) results.reply = encoded;
-  else replies.set(results.segment.message, encoded);
-}
-
-/** The segments to send for a call whose results live in `message`. */
-export function resultsToSend(message: Message): readonly Uint8Array[] {
-  const encoded = replies.get(message);
-  return encoded ? encoded.segments : messageSegments(message);
+export function replyWith(results: LazyResults, encoded: EncodedResults): void {
+  results.reply = encoded;
 }

@@ -5,7 +5,7 @@ import { Message, utils } from "capnp-es";
 import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { Conmon$Client } from "../../schema/conmon.ts";
 import { ResultsSizes, messageBytes, messageSegments, newMessage, readFrame } from "../../src/rpc/messages.ts";
-import { EncodedResults, replyWith, resultsToSend } from "../../src/rpc/results.ts";
+import { EncodedResults, LazyResults, replyWith } from "../../src/rpc/results.ts";
 import { RpcConnection } from "../../src/rpc/connection.ts";
 import { FrameDecoder } from "../../src/rpc/framing.ts";
 import { conmonService } from "../../src/service.ts";
@@ -113,15 +113,14 @@ describe("EncodedResults and replyWith", () => {
     const results = m.initRoot(ExecResults);
     fill(results, 10);
     const encoded = EncodedResults.capture(results);
-    const before = resultsToSend(m).map((s) => [...s]);
+    const before = messageSegments(m).map((s) => [...s]);
     fill(results, 20); // later writes do not change the snapshot
     expect(encoded.segments.map((s) => [...s])).toEqual(before);
 
-    const other = newMessage();
-    const otherResults = other.initRoot(ExecResults);
-    expect(resultsToSend(other).map((s) => [...s])).not.toEqual(before);
-    replyWith(otherResults, encoded);
-    expect(resultsToSend(other).map((s) => [...s])).toEqual(before);
+    const other = new LazyResults(() => newMessage().initRoot(ExecResults));
+    expect(messageSegments(other.struct.segment.message).map((s) => [...s])).not.toEqual(before);
+    replyWith(other, encoded);
+    expect(other.reply!.segments.map((s) => [...s])).toEqual(before);
   });
 
   test("build() equals filling a message by hand", () => {
