@@ -4,19 +4,6 @@
 import { Conmon$Client } from "../schema/conmon.ts";
 import type { RpcMethod, RpcService } from "./rpc/connection.ts";
 
-export type MethodName =
-  | "version"
-  | "createContainer"
-  | "execSyncContainer"
-  | "attachContainer"
-  | "reopenLogContainer"
-  | "setWindowSizeContainer"
-  | "createNamespaces"
-  | "startFdSocket"
-  | "serveExecContainer"
-  | "serveAttachContainer"
-  | "servePortForwardContainer";
-
 /** Every method but `version`: served by the concerns that server.ts loads on first use. */
 export const CONCERN_METHODS = [
   "createContainer",
@@ -29,8 +16,9 @@ export const CONCERN_METHODS = [
   "serveExecContainer",
   "serveAttachContainer",
   "servePortForwardContainer",
-] as const satisfies readonly MethodName[];
+] as const;
 export type ConcernMethod = (typeof CONCERN_METHODS)[number];
+export type MethodName = "version" | ConcernMethod;
 
 export type Handler = (params: any, results: any) => Promise<void> | void;
 
