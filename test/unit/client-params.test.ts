@@ -8,23 +8,18 @@ import { Message } from "capnp-es";
 import { Conmon_CreateContainer$Params, Conmon_ExecSyncContainer$Params } from "../../schema/conmon.ts";
 import { createContainerParams, execSyncParams, type CreateParams, type ExecParams } from "../../src/client/params.ts";
 import { SegmentBuilder } from "../../src/rpc/segment-builder.ts";
+import { rng } from "../helpers/rng.ts";
 
-function rng(seed: number) {
-  let s = seed >>> 0;
-  const next = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
+/** The shared generator plus the values these requests are made of. */
+function valueRng(seed: number) {
+  const r = rng(seed);
+  const { next, int } = r;
   const ALPHABET = ["a", "Z", "0", "/", "-", " ", "é", "ü", "日", "本", "🙂", "=", "\n", "\t"];
   const text = (max = 40) => Array.from({ length: int(max) }, () => ALPHABET[int(ALPHABET.length)]).join("");
   const texts = () => (next() < 0.3 ? undefined : Array.from({ length: int(5) }, () => text()));
-  const u64 = () => (BigInt(Math.floor(next() * 2 ** 32)) << 32n) | BigInt(Math.floor(next() * 2 ** 32));
+  const u64 = () => (BigInt(r.u32()) << 32n) | BigInt(r.u32());
   const map = () => (next() < 0.4 ? undefined : Object.fromEntries(Array.from({ length: int(4) }, (_, i) => [`K${i}${text(8)}`, text()])));
-  return { next, int, text, texts, u64, map, bool: () => next() < 0.5 };
+  return { ...r, text, texts, u64, map };
 }
 
 /** Reads a list of a capnp-es struct into plain values. */
@@ -149,7 +144,7 @@ function capnpExec(p: ExecParams): Uint8Array {
 
 describe("hand-written client params", () => {
   test("createContainer: 300 random requests read back exactly as capnp-es builds them", () => {
-    const r = rng(7);
+    const r = valueRng(7);
     for (let i = 0; i < 300; i++) {
       const p: CreateParams = {
         id: r.text(64),
@@ -172,7 +167,7 @@ describe("hand-written client params", () => {
   });
 
   test("execSyncContainer: 300 random requests read back exactly as capnp-es builds them", () => {
-    const r = rng(11);
+    const r = valueRng(11);
     for (let i = 0; i < 300; i++) {
       const p: ExecParams = {
         id: r.text(64),

@@ -19,27 +19,7 @@ import {
 } from "../../src/rpc/envelope.ts";
 import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
 import { messageSegments, newMessage, readStructAt } from "../../src/rpc/messages.ts";
-
-// ---- deterministic randomness ----------------------------------------------------------------
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  const next = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    u32: () => Math.floor(next() * 4294967296),
-    bool: () => next() < 0.5,
-    pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)]!,
-  };
-}
-type Rng = ReturnType<typeof rng>;
+import { rng, type Rng } from "../helpers/rng.ts";
 
 // ---- a generic re-layout of Cap'n Proto messages over many segments -----------------------------
 
