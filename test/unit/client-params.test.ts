@@ -55,6 +55,26 @@ function readCreate(segment: Uint8Array) {
   };
 }
 
+/** Fills a capnp-es list of scalars or texts; an empty or missing list stays null. */
+function setList<T>(init: (n: number) => { set(i: number, v: T): void }, values?: readonly T[]): void {
+  if (values && values.length > 0) {
+    const l = init(values.length);
+    values.forEach((v, i) => l.set(i, v));
+  }
+}
+
+/** Fills a capnp-es List(TextTextMapEntry); an empty or missing map stays null. */
+function setEntries(init: (n: number) => { get(i: number): { key: string; value: string } }, map?: Readonly<Record<string, string>>): void {
+  const pairs = Object.entries(map ?? {});
+  if (pairs.length > 0) {
+    const l = init(pairs.length);
+    pairs.forEach(([k, v], i) => {
+      l.get(i).key = k;
+      l.get(i).value = v;
+    });
+  }
+}
+
 /** The same request built with capnp-es's generated builders (what the client used to send). */
 function capnpCreate(p: CreateParams): Uint8Array {
   const m = new Message();
@@ -63,17 +83,11 @@ function capnpCreate(p: CreateParams): Uint8Array {
   r.bundlePath = p.bundlePath;
   r.terminal = p.terminal;
   r.stdin = p.stdin;
-  const texts = (init: (n: number) => { set(i: number, v: string): void }, values?: readonly string[]) => {
-    if (values && values.length > 0) {
-      const l = init(values.length);
-      values.forEach((v, i) => l.set(i, v));
-    }
-  };
-  texts((n) => r._initExitPaths(n), p.exitPaths);
-  texts((n) => r._initOomExitPaths(n), p.oomExitPaths);
-  texts((n) => r._initCleanupCmd(n), p.cleanupCmd);
-  texts((n) => r._initGlobalArgs(n), p.globalArgs);
-  texts((n) => r._initCommandArgs(n), p.commandArgs);
+  setList((n) => r._initExitPaths(n), p.exitPaths);
+  setList((n) => r._initOomExitPaths(n), p.oomExitPaths);
+  setList((n) => r._initCleanupCmd(n), p.cleanupCmd);
+  setList((n) => r._initGlobalArgs(n), p.globalArgs);
+  setList((n) => r._initCommandArgs(n), p.commandArgs);
   const drivers = p.logDrivers ?? [];
   if (drivers.length > 0) {
     const l = r._initLogDrivers(drivers.length);
@@ -84,24 +98,10 @@ function capnpCreate(p: CreateParams): Uint8Array {
       e.maxSize = d.maxSize;
     });
   }
-  const env = Object.entries(p.envVars ?? {});
-  if (env.length > 0) {
-    const l = r._initEnvVars(env.length);
-    env.forEach(([k, v], i) => {
-      l.get(i).key = k;
-      l.get(i).value = v;
-    });
-  }
+  setEntries((n) => r._initEnvVars(n), p.envVars);
   r.cgroupManager = p.cgroupManager as any;
-  for (const [init, values] of [
-    [(n: number) => r._initAdditionalFds(n), p.additionalFds],
-    [(n: number) => r._initLeakFds(n), p.leakFds],
-  ] as const) {
-    if (values && values.length > 0) {
-      const l = init(values.length);
-      values.forEach((v, i) => l.set(i, v));
-    }
-  }
+  setList((n) => r._initAdditionalFds(n), p.additionalFds);
+  setList((n) => r._initLeakFds(n), p.leakFds);
   return new Uint8Array(m.toArrayBuffer()).subarray(8); // drop the stream framing's segment table
 }
 
@@ -125,19 +125,9 @@ function capnpExec(p: ExecParams): Uint8Array {
   const r = m.initRoot(Conmon_ExecSyncContainer$Params)._initRequest();
   r.id = p.id;
   r.timeoutSec = p.timeoutSec;
-  if (p.command.length > 0) {
-    const l = r._initCommand(p.command.length);
-    p.command.forEach((v, i) => l.set(i, v));
-  }
+  setList((n) => r._initCommand(n), p.command);
   r.terminal = p.terminal;
-  const env = Object.entries(p.envVars ?? {});
-  if (env.length > 0) {
-    const l = r._initEnvVars(env.length);
-    env.forEach(([k, v], i) => {
-      l.get(i).key = k;
-      l.get(i).value = v;
-    });
-  }
+  setEntries((n) => r._initEnvVars(n), p.envVars);
   r.cgroupManager = p.cgroupManager as any;
   return new Uint8Array(m.toArrayBuffer()).subarray(8);
 }
