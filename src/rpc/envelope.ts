@@ -154,6 +154,18 @@ export const RETURN_EXCEPTION = 1;
 const textEncoder = new TextEncoder();
 
 /**
+ * Writes a single-segment message's head at `seg`: the root pointer (word 0) to a Message
+ * {which} (words 1-2), whose pointer points at word 3, where the `which` struct of `dataWords`
+ * and `ptrCount` starts. Returns that struct's offset.
+ */
+function writeMessageHead(dv: DataView, seg: number, which: number, dataWords: number, ptrCount: number): number {
+  setStructPointer(dv, seg, seg + 8, 1, 1);
+  dv.setUint16(seg + 8, which, true);
+  setStructPointer(dv, seg + 16, seg + 24, dataWords, ptrCount);
+  return seg + 24;
+}
+
+/**
  * Writes the frame header and the Message → Return → (Payload | Exception) chain shared by every
  * Return we send, as one segment starting at `frame + 8`. Returns the offset of the Return's
  * pointer 0 slot's target (the word right after the Return struct). Layout (words):
@@ -161,15 +173,12 @@ const textEncoder = new TextEncoder();
  */
 function writeReturnHead(out: OutBuffer, frame: number, answerId: number, tag: number): number {
   const dv = out.dv;
-  const seg = frame + 8;
-  setStructPointer(dv, seg, seg + 8, 1, 1);
-  dv.setUint16(seg + 8, MSG_RETURN, true);
-  setStructPointer(dv, seg + 16, seg + 24, 2, 1);
-  dv.setUint32(seg + 24, answerId, true);
+  const ret = writeMessageHead(dv, frame + 8, MSG_RETURN, 2, 1);
+  dv.setUint32(ret, answerId, true);
   // releaseParamCaps defaults to true, so false is stored as a set bit (fields are XORed with defaults).
-  dv.setUint8(seg + 28, 1);
-  dv.setUint16(seg + 30, tag, true);
-  return seg + 48;
+  dv.setUint8(ret + 4, 1);
+  dv.setUint16(ret + 6, tag, true);
+  return ret + 24;
 }
 
 /** Fills in the frame header of a single-segment frame that ends at out.length. */
@@ -401,12 +410,9 @@ export function writeCall(
 export function writeFinish(out: OutBuffer, questionId: number): void {
   const frame = out.reserve(8 + 4 * 8);
   const dv = out.dv;
-  const seg = frame + 8;
-  setStructPointer(dv, seg, seg + 8, 1, 1);
-  dv.setUint16(seg + 8, MSG_FINISH, true);
-  setStructPointer(dv, seg + 16, seg + 24, 1, 0);
-  dv.setUint32(seg + 24, questionId, true);
-  dv.setUint8(seg + 28, 1); // releaseResultCaps = false (stored XOR its default, true)
+  const finish = writeMessageHead(dv, frame + 8, MSG_FINISH, 1, 0);
+  dv.setUint32(finish, questionId, true);
+  dv.setUint8(finish + 4, 1); // releaseResultCaps = false (stored XOR its default, true)
   finishSingleSegment(out, frame);
 }
 
@@ -419,14 +425,11 @@ export function writeAbort(out: OutBuffer, reason: string): void {
   // Words: 0 root → 1 Message{which=abort} 2 → 3 Exception{type} 4 reason → 6, 5 trace (null).
   const frame = out.reserve(8 + 6 * 8 + ((reason.length * 3 + 1 + 7) & ~7));
   const dv = out.dv;
-  const seg = frame + 8;
-  setStructPointer(dv, seg, seg + 8, 1, 1);
-  dv.setUint16(seg + 8, MSG_ABORT, true);
-  setStructPointer(dv, seg + 16, seg + 24, 1, 2);
-  dv.setUint16(seg + 24 + 4, EXCEPTION_TYPES.failed, true);
-  const text = seg + 48;
+  const exception = writeMessageHead(dv, frame + 8, MSG_ABORT, 1, 2);
+  dv.setUint16(exception + 4, EXCEPTION_TYPES.failed, true);
+  const text = exception + 24;
   const { written } = textEncoder.encodeInto(reason, out.bytes.subarray(text, out.length));
-  setListPointer(dv, seg + 32, text, 2, written + 1);
+  setListPointer(dv, exception + 8, text, 2, written + 1);
   out.truncate(text + ((written + 1 + 7) & ~7));
   finishSingleSegment(out, frame);
 }
