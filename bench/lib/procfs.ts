@@ -1,22 +1,9 @@
 // /proc readings for the bench: CPU time of a process (its own, children excluded), memory, load.
-import { readFileSync, readdirSync } from "node:fs";
+import { readdirSync } from "node:fs";
+import { readIfExists, statFields } from "../../test/helpers/proc.ts";
 
 /** USER_HZ: /proc/<pid>/stat counts CPU in these ticks (100 on every Linux we run on). */
 export const CLOCK_TICKS_PER_SECOND = 100;
-
-function read(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return undefined;
-  }
-}
-
-/** Fields after the command name; [0] is the state. The name may contain ')' and spaces. */
-function statFields(pid: number): string[] | undefined {
-  const stat = read(`/proc/${pid}/stat`);
-  return stat?.slice(stat.lastIndexOf(")") + 2).split(" ");
-}
 
 export type CpuTimes = {
   /** utime+stime of the process itself, all threads, dead ones included (10 ms ticks). Seconds. */
@@ -44,7 +31,7 @@ function schedSecondsAllThreads(pid: number): number {
   if (tids.length === 0) tids = [String(pid)];
   let ns = 0;
   for (const tid of tids) {
-    const text = read(`/proc/${pid}/task/${tid}/schedstat`) ?? read(`/proc/${pid}/schedstat`);
+    const text = readIfExists(`/proc/${pid}/task/${tid}/schedstat`) ?? readIfExists(`/proc/${pid}/schedstat`);
     if (text !== undefined) ns += Number(text.split(" ")[0]);
   }
   return ns / 1e9;
@@ -81,8 +68,8 @@ function kibFields(text: string | undefined, keys: readonly string[], into: Reco
 /** KiB figures from status and smaps_rollup. */
 export function memory(pid: number): Memory {
   const out: Record<string, number> = {};
-  kibFields(read(`/proc/${pid}/status`), STATUS_KEYS, out);
-  kibFields(read(`/proc/${pid}/smaps_rollup`), ROLLUP_KEYS, out);
+  kibFields(readIfExists(`/proc/${pid}/status`), STATUS_KEYS, out);
+  kibFields(readIfExists(`/proc/${pid}/smaps_rollup`), ROLLUP_KEYS, out);
   if (out.VmRSS === undefined) throw new Error(`memory: pid ${pid} is gone`);
   return out as Memory;
 }
@@ -92,26 +79,11 @@ export function threadCount(pid: number): number {
 }
 
 export function loadAverage(): string {
-  return (read("/proc/loadavg") ?? "?").split(" ").slice(0, 3).join(" ");
+  return (readIfExists("/proc/loadavg") ?? "?").split(" ").slice(0, 3).join(" ");
 }
 
 export function load1(): number {
-  return Number((read("/proc/loadavg") ?? "0").split(" ")[0]);
-}
-
-/** Our direct children (union over the threads' children lists). */
-export function ownChildren(): number[] {
-  const children = new Set<number>();
-  for (const tid of readdirSync("/proc/self/task")) {
-    for (const word of (read(`/proc/self/task/${tid}/children`) ?? "").split(" ")) {
-      if (word.trim() !== "") children.add(Number(word));
-    }
-  }
-  return [...children];
-}
-
-export function isZombie(pid: number): boolean {
-  return statFields(pid)?.[0] === "Z";
+  return Number((readIfExists("/proc/loadavg") ?? "0").split(" ")[0]);
 }
 
 export type IoCounters = { rchar: number; wchar: number; syscr: number; syscw: number };
@@ -119,7 +91,7 @@ export type IoCounters = { rchar: number; wchar: number; syscr: number; syscw: n
 /** /proc/<pid>/io: bytes and read/write-type system calls (for average read and write sizes). */
 export function ioCounters(pid: number): IoCounters {
   const out: Record<string, number> = {};
-  for (const line of (read(`/proc/${pid}/io`) ?? "").split("\n")) {
+  for (const line of (readIfExists(`/proc/${pid}/io`) ?? "").split("\n")) {
     const [key, value] = line.split(": ");
     if (key && value) out[key] = Number(value);
   }

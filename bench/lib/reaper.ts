@@ -5,7 +5,7 @@
 import { closeQuietly } from "../../ffi/fd.ts";
 import { pidfdOpen, subreaper, waitPidfd } from "../../ffi/process.ts";
 import { isSpawned } from "../../src/child-reaper.ts";
-import { isZombie, ownChildren } from "./procfs.ts";
+import { zombieChildren } from "../../test/helpers/proc.ts";
 
 export function becomeSubreaper(): void {
   subreaper(true);
@@ -30,8 +30,8 @@ export function reapIfZombie(pid: number): number | undefined {
 /** Reaps every zombie child that Bun did not spawn. */
 export function sweepZombies(): number {
   let reaped = 0;
-  for (const pid of ownChildren()) {
-    if (!isSpawned(pid) && isZombie(pid) && reapIfZombie(pid) !== undefined) reaped++;
+  for (const pid of zombieChildren(process.pid)) {
+    if (!isSpawned(pid) && reapIfZombie(pid) !== undefined) reaped++;
   }
   return reaped;
 }

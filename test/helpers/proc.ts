@@ -16,7 +16,7 @@ export function readText(path: string): string {
 }
 
 /** Like readText, but undefined when the file (or the process behind a /proc path) is gone. */
-function readIfExists(path: string): string | undefined {
+export function readIfExists(path: string): string | undefined {
   try {
     return readFileSync(path, "utf8");
   } catch {
@@ -28,7 +28,7 @@ function readIfExists(path: string): string | undefined {
  * Fields of /proc/<pid>/stat after the command name. The name is in parentheses and may itself
  * contain spaces and ')', so split after the LAST ')'. Index 0 is the state, 1 the ppid.
  */
-function statFields(pid: number): string[] | undefined {
+export function statFields(pid: number): string[] | undefined {
   const stat = readIfExists(`/proc/${pid}/stat`);
   if (stat === undefined) return undefined;
   return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
