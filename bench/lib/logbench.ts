@@ -18,7 +18,7 @@ import { pidfdOpen } from "../../ffi/process.ts";
 import { catArgs, type LogWorkload } from "./bundles.ts";
 import { finishConmon, launchConmon, removeConmonFiles, type ConmonDirs } from "./conmon.ts";
 import type { BenchContext } from "./context.ts";
-import { cpuDelta, cpuTimes, ioCounters, ioDelta, memory, type IoCounters } from "./procfs.ts";
+import { cpuDelta, cpuTimes, ioCounters, ioDelta, memory, type CpuTimes, type IoCounters } from "./procfs.ts";
 import { reapIfZombie } from "./reaper.ts";
 import { readPidFile, type Stdio } from "./runtime-cli.ts";
 import { exitFileSource, type DirWatch, type EventSource } from "./sys.ts";
@@ -76,6 +76,18 @@ async function startTimed(ctx: BenchContext, id: string, sources: EventSource[])
 
 const seconds = (from: number, to: number) => (to - from) / 1000;
 
+/** A monitor's run (ours or conmon): timings from `start`, its CPU, I/O calls and peak RSS. */
+function monitorSample(
+  w: LogWorkload, mode: LogMode, t: Record<string, number>, cpu: CpuTimes, io: IoCounters, peakKiB: number | undefined, logPath: string | null,
+): LogSample {
+  return {
+    workload: w.name, mode, payloadBytes: w.payloadBytes,
+    wallS: seconds(t.returned!, t.ctrExit!), exitFileS: seconds(t.returned!, t.exitFile!),
+    cpuS: cpu.schedSeconds, cpuStatS: cpu.statSeconds, peakKiB, readCalls: io.syscr, writeCalls: io.syscw,
+    logFileBytes: logPath === null ? 0 : fileSize(logPath),
+  };
+}
+
 export async function oursLogRun(ctx: BenchContext, w: LogWorkload, withCri: boolean, exitWatch: DirWatch): Promise<LogSample> {
   const mode: LogMode = withCri ? "ours-cri" : "ours-none";
   const run = prepare(ctx, w, mode);
@@ -91,12 +103,7 @@ export async function oursLogRun(ctx: BenchContext, w: LogWorkload, withCri: boo
     const cpu = cpuDelta(before, cpuTimes(ctx.ours.pid));
     const io = ioDelta(ioBefore, ioCounters(ctx.ours.pid));
     const peakKiB = memory(ctx.ours.pid).VmHWM;
-    return {
-      workload: w.name, mode, payloadBytes: w.payloadBytes,
-      wallS: seconds(t.returned!, t.ctrExit!), exitFileS: seconds(t.returned!, t.exitFile!),
-      cpuS: cpu.schedSeconds, cpuStatS: cpu.statSeconds, peakKiB, readCalls: io.syscr, writeCalls: io.syscw,
-      logFileBytes: withCri ? fileSize(run.logPath) : 0,
-    };
+    return monitorSample(w, mode, t, cpu, io, peakKiB, withCri ? run.logPath : null);
   } finally {
     closeQuietly(ctrPidfd);
     await finish(ctx, run);
@@ -127,12 +134,7 @@ export async function conmonLogRun(ctx: BenchContext, w: LogWorkload, withLog: b
     ]);
     const io: IoCounters = ioCounters(launch.conmonPid); // a whole life's worth: conmon is fresh
     const cpu = finishConmon(launch);
-    return {
-      workload: w.name, mode, payloadBytes: w.payloadBytes,
-      wallS: seconds(t.returned!, t.ctrExit!), exitFileS: seconds(t.returned!, t.exitFile!),
-      cpuS: cpu.schedSeconds, cpuStatS: cpu.statSeconds, peakKiB, readCalls: io.syscr, writeCalls: io.syscw,
-      logFileBytes: withLog ? fileSize(run.logPath) : 0,
-    };
+    return monitorSample(w, mode, t, cpu, io, peakKiB, withLog ? run.logPath : null);
   } finally {
     closeQuietly(ctrPidfd);
     await finish(ctx, run);
