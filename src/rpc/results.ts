@@ -31,7 +31,7 @@ export class EncodedResults {
 /**
  * The results a handler fills, as the connection hands them over: the capnp-es message is made
  * on first use, so a handler that answers with replyWith() (version) never pays for one.
- * Handlers use `_initResponse()` / `response`; `struct` is the message's root for the rest.
+ * Handlers use `_initResponse()`; `struct` is the message's root for the rest.
  */
 export class LazyResults {
   private made?: Struct;
@@ -46,10 +46,6 @@ export class LazyResults {
 
   get segment(): Struct["segment"] {
     return this.struct.segment;
-  }
-
-  get response(): unknown {
-    return (this.struct as any).response;
   }
 
   _initResponse(): any {
