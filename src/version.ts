@@ -3,6 +3,7 @@
 
 import pkg from "../package.json" with { type: "json" };
 import { EncodedResults, replyWith } from "./rpc/results.ts";
+import { type FrameReader, StructRef } from "./rpc/wire.ts";
 
 export interface BuildInfo {
   version: string;
@@ -92,7 +93,7 @@ export function versionJson(full: boolean): string {
  * changes during the process's life, so each variant (verbose or not) is encoded on its first
  * call and those bytes are sent again afterwards (version is what health checks call).
  */
-export function handleVersion(params: any, results: any): void {
+export function handleVersion(params: VersionParams, results: any): void {
   const verbose: boolean = params.request.verbose;
   const cached = versionReplies[verbose ? 1 : 0];
   if (cached) {
@@ -102,6 +103,30 @@ export function handleVersion(params: any, results: any): void {
   fillVersion(results._initResponse(), verbose);
   versionReplies[verbose ? 1 : 0] = EncodedResults.capture(results);
 }
+
+/** What handleVersion reads of its params; capnp-es's VersionParams struct has the same shape. */
+export interface VersionParams {
+  readonly request: { readonly verbose: boolean };
+}
+
+const PLAIN_PARAMS: VersionParams = Object.freeze({ request: Object.freeze({ verbose: false }) });
+const VERBOSE_PARAMS: VersionParams = Object.freeze({ request: Object.freeze({ verbose: true }) });
+
+/**
+ * Reads version's params (`request: VersionRequest`, pointer 0; `verbose`, bit 0 of the
+ * request) from the received frame. Health checks call version over and over; this spares each
+ * call a copy of the frame and the capnp-es objects around it. Null pointers read as defaults.
+ */
+export function readVersionParams(reader: FrameReader, seg: number, at: number): VersionParams {
+  if (seg < 0 || !reader.readStruct(seg, at, paramsRef)) return PLAIN_PARAMS;
+  const requestAt = reader.pointer(paramsRef, 0);
+  if (requestAt < 0 || !reader.readStruct(paramsRef.seg, requestAt, requestRef)) return PLAIN_PARAMS;
+  return reader.bit(requestRef, 0) ? VERBOSE_PARAMS : PLAIN_PARAMS;
+}
+
+// Scratch: reading is synchronous and never re-entered.
+const paramsRef = new StructRef();
+const requestRef = new StructRef();
 
 /** Encoded version results: [plain, verbose]. */
 const versionReplies: [EncodedResults | undefined, EncodedResults | undefined] = [undefined, undefined];

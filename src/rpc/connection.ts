@@ -48,6 +48,12 @@ export interface RpcMethod {
   readonly ResultsClass: StructClass;
   /** Reads `params`, fills `results` (before the returned promise settles). Throwing → exception. */
   handler(params: any, results: any): Promise<void> | void;
+  /**
+   * Reads the params straight from the received frame instead of through a capnp-es copy, for a
+   * method called often with tiny params (version: one bool). `seg`/`at` locate the params'
+   * pointer (seg -1: null, read as defaults); the result must not refer to the frame's bytes.
+   */
+  readParams?(reader: FrameReader, seg: number, at: number): unknown;
 }
 
 export interface RpcService {
@@ -255,9 +261,11 @@ export class RpcConnection {
 
   /** Reads the params, runs the handler; synchronous handlers are answered without a Promise. */
   private runCall(questionId: number, answer: Answer, method: RpcMethod, env: Envelope, dv: DataView, start: number, length: number): void {
-    let params: Struct;
+    let params: unknown;
     try {
-      params = readParams(env, dv, start, length, method.ParamsClass);
+      params = method.readParams
+        ? method.readParams(this.reader, env.paramsSeg, env.paramsAt)
+        : readParams(env, dv, start, length, method.ParamsClass);
     } catch (err) {
       this.sendException(questionId, answer, new RpcException(`${method.name}: read params: ${errorChain(err)}`));
       return;

@@ -49,6 +49,8 @@ export class Envelope {
    * results), or -1 when the Payload or its content is null. */
   paramsSeg = -1;
   paramsOffset = -1;
+  /** The same pointer as an absolute offset into the frame (for FrameReader), or -1. */
+  paramsAt = -1;
   /** Return: the union tag (RETURN_RESULTS, RETURN_EXCEPTION, ...); its answer id is `questionId`. */
   returnWhich = 0;
   // Release
@@ -102,7 +104,7 @@ export function parseEnvelope(reader: FrameReader, env: Envelope): void {
 function parseReturn(reader: FrameReader, env: Envelope): void {
   env.questionId = reader.u32(bodyRef, 0);
   env.returnWhich = reader.u16(bodyRef, 6);
-  env.paramsSeg = env.paramsOffset = -1;
+  env.paramsSeg = env.paramsOffset = env.paramsAt = -1;
   if (env.returnWhich !== RETURN_RESULTS) return;
   readPayloadContent(reader, env, reader.pointer(bodyRef, 0));
 }
@@ -114,6 +116,7 @@ function readPayloadContent(reader: FrameReader, env: Envelope, payloadAt: numbe
     if (contentAt >= 0) {
       env.paramsSeg = innerRef.seg;
       env.paramsOffset = reader.offsetInSegment(innerRef.seg, contentAt);
+      env.paramsAt = contentAt;
     }
   }
 }
@@ -140,7 +143,7 @@ function parseCall(reader: FrameReader, env: Envelope): void {
     }
   }
 
-  env.paramsSeg = env.paramsOffset = -1;
+  env.paramsSeg = env.paramsOffset = env.paramsAt = -1;
   readPayloadContent(reader, env, reader.pointer(bodyRef, 1));
 }
 

@@ -141,6 +141,12 @@ export class FrameReader {
     return byteOffset + 4 <= s.dataBytes ? this.dv.getUint32(s.data + byteOffset, true) : 0;
   }
 
+  /** Bool field at bit `bitOffset` of the data section (false past its end). */
+  bit(s: StructRef, bitOffset: number): boolean {
+    const byte = bitOffset >>> 3;
+    return byte < s.dataBytes && (this.dv.getUint8(s.data + byte) & (1 << (bitOffset & 7))) !== 0;
+  }
+
   /** Absolute offset of pointer `index` of `s`, or -1 when the struct has no such pointer (null). */
   pointer(s: StructRef, index: number): number {
     return index < s.ptrCount ? s.ptrs + index * 8 : -1;

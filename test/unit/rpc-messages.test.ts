@@ -1,15 +1,17 @@
 // capnp-es message shortcuts (src/rpc/messages.ts, results.ts) against the plain capnp-es API:
 // the bytes must be identical, since they lean on capnp-es internals of the pinned version.
 import { describe, expect, test } from "bun:test";
-import { Message, utils } from "capnp-es";
+import { Message, ObjectSize, Pointer, Uint8List, utils } from "capnp-es";
 import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { Conmon$Client } from "../../schema/conmon.ts";
-import { ResultsSizes, messageBytes, messageSegments, newMessage, readFrame } from "../../src/rpc/messages.ts";
+import { ResultsSizes, messageBytes, messageSegments, newMessage, readFrame, readStructAt } from "../../src/rpc/messages.ts";
 import { EncodedResults, LazyResults, replyWith } from "../../src/rpc/results.ts";
 import { RpcConnection } from "../../src/rpc/connection.ts";
 import { FrameDecoder } from "../../src/rpc/framing.ts";
 import { conmonService } from "../../src/service.ts";
-import { handleVersion } from "../../src/version.ts";
+import { handleVersion, readVersionParams } from "../../src/version.ts";
+import { Envelope, parseEnvelope } from "../../src/rpc/envelope.ts";
+import { FrameReader, WireError } from "../../src/rpc/wire.ts";
 
 const ExecResults = Conmon$Client.methods[2]!.ResultsClass as any;
 
@@ -133,11 +135,11 @@ describe("EncodedResults and replyWith", () => {
 
 describe("version", () => {
   /** Sends bootstrap + version calls, returns each Return frame's bytes with its answerId zeroed. */
-  function versionReturns(verbose: boolean[]): Uint8Array[] {
+  function versionReturns(verbose: boolean[], byHand = false): Uint8Array[] {
     const frames: Uint8Array[] = [];
     const decoder = new FrameDecoder();
     const conn = new RpcConnection(
-      conmonService({ version: handleVersion }),
+      conmonService({ version: handleVersion }, byHand ? { version: readVersionParams } : {}),
       { write: (b) => decoder.push(b).forEach((f) => frames.push(new Uint8Array(f))), close() {} },
       { debug() {}, warn() {} },
     );
@@ -171,5 +173,78 @@ describe("version", () => {
     const response = (utils.getAs(Conmon$Client.methods[0]!.ResultsClass, results) as any).response;
     expect(response.processId).toBe(process.pid);
     expect(response.cargoTree).toContain("capnp-es");
+  });
+
+  test("params read by hand give the same answers as params read through capnp-es", () => {
+    const calls = [false, true, true, false, true];
+    expect(versionReturns(calls, true)).toEqual(versionReturns(calls));
+  });
+});
+
+describe("readVersionParams", () => {
+  const VersionParams = Conmon$Client.methods[0]!.ParamsClass as any;
+
+  /** A version Call frame whose params `shape` builds by hand; the pointer left for the params' content. */
+  function callFrame(shape: (content: Pointer) => void): Uint8Array {
+    const msg = new Message();
+    const call = msg.initRoot(RpcMessage)._initCall();
+    call.questionId = 1;
+    call.interfaceId = Conmon$Client.interfaceId;
+    call._initTarget().importedCap = 0;
+    shape(call._initParams().content);
+    return bytesOf(msg);
+  }
+
+  function envelopeOf(frame: Uint8Array): { reader: FrameReader; env: Envelope } {
+    const reader = new FrameReader();
+    const env = new Envelope();
+    reader.reset(new DataView(frame.buffer, frame.byteOffset, frame.byteLength), 0, frame.byteLength);
+    parseEnvelope(reader, env);
+    return { reader, env };
+  }
+
+  function readByHand(frame: Uint8Array): unknown {
+    const { reader, env } = envelopeOf(frame);
+    return readVersionParams(reader, env.paramsSeg, env.paramsAt);
+  }
+
+  /** What the general path (capnp-es, short structs resized to defaults) reads as `request.verbose`. */
+  function readByCapnpEs(frame: Uint8Array): boolean {
+    const { env } = envelopeOf(frame);
+    const params: any = readStructAt(new Message(frame.slice().buffer, false), env.paramsSeg, env.paramsOffset, VersionParams);
+    return params.request.verbose;
+  }
+
+  const withRequest = (requestSize: ObjectSize, bits: number) => (content: Pointer) => {
+    utils.initStruct(VersionParams._capnp.size, content);
+    const requestPointer = utils.getPointer(0, utils.getAs(VersionParams, content));
+    utils.initStruct(requestSize, requestPointer);
+    if (requestSize.dataByteLength === 0) return;
+    const data = utils.getContent(requestPointer);
+    data.segment.setUint8(data.byteOffset, bits);
+  };
+
+  test.each([
+    ["verbose", withRequest(new ObjectSize(8, 0), 1), true],
+    ["not verbose", withRequest(new ObjectSize(8, 0), 0), false],
+    ["other bits set, verbose clear", withRequest(new ObjectSize(8, 0), 0xfe), false],
+    ["a newer peer's longer request", withRequest(new ObjectSize(16, 2), 1), true],
+    ["an older peer's empty request", withRequest(new ObjectSize(0, 0), 0), false],
+    ["null request", (content: Pointer) => utils.initStruct(VersionParams._capnp.size, content), false],
+    ["params of an older peer without the request pointer", (content: Pointer) => utils.initStruct(new ObjectSize(0, 0), content), false],
+    ["null params", () => {}, false],
+  ] as const)("%s", (_name, shape, verbose) => {
+    const frame = callFrame(shape);
+    expect(readByCapnpEs(frame)).toBe(verbose);
+    expect(readByHand(frame)).toEqual({ request: { verbose } });
+  });
+
+  test("a request that is not a struct is a wire error, not a default", () => {
+    const frame = callFrame((content) => {
+      utils.initStruct(VersionParams._capnp.size, content);
+      const params: any = utils.getAs(VersionParams, content);
+      utils.initList(0, Uint8List, 2, params); // a byte list where the request struct belongs
+    });
+    expect(() => readByHand(frame)).toThrow(WireError);
   });
 });
