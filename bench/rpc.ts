@@ -24,7 +24,7 @@ import { FrameDecoder } from "../src/rpc/framing.ts";
 import { EncodedResults } from "../src/rpc/results.ts";
 import { FrameReader, OutBuffer } from "../src/rpc/wire.ts";
 import { conmonService } from "../src/service.ts";
-import { handleVersion } from "../src/version.ts";
+import { handleVersion, readVersionParams } from "../src/version.ts";
 import {
   buildInteropClient,
   buildRefServer,
@@ -225,17 +225,21 @@ function callFrame(questionId: number, methodId: number, fill: (params: any) => 
 function inProcess(kind: "version" | "execSync", stdoutBytes = 0): number {
   const stdout = new Uint8Array(stdoutBytes).fill(0x61);
   const conn = new RpcConnection(
-    conmonService({
-      version: handleVersion,
-      execSyncContainer: (params: any, results: any) => {
-        const request = params.request;
-        if (request.id.length === 0 || request.command.length === 0) throw new Error("bad request");
-        const response = results._initResponse();
-        response.exitCode = 0;
-        response._initStdout(stdout.length).copyBuffer(stdout);
-        response._initStderr(0);
+    conmonService(
+      {
+        version: handleVersion,
+        execSyncContainer: (params: any, results: any) => {
+          const request = params.request;
+          if (request.id.length === 0 || request.command.length === 0) throw new Error("bad request");
+          const response = results._initResponse();
+          response.exitCode = 0;
+          response._initStdout(stdout.length).copyBuffer(stdout);
+          response._initStderr(0);
+        },
       },
-    }),
+      // As server.ts wires it: version's params read by hand.
+      { version: readVersionParams },
+    ),
     { write() {}, close() {} },
     { debug() {}, warn() {} },
   );
