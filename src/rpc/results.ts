@@ -9,6 +9,11 @@ import { messageSegments, newMessage } from "./messages.ts";
 export class EncodedResults {
   private constructor(readonly segments: readonly Uint8Array[]) {}
 
+  /** Results written by hand (SegmentBuilder): segment 0 starts with the root pointer. Not copied. */
+  static fromSegments(segments: readonly Uint8Array[]): EncodedResults {
+    return new EncodedResults(segments);
+  }
+
   /** Snapshots the message `results` lives in (a copy: later writes to it are not seen). */
   static capture(results: Struct | LazyResults): EncodedResults {
     return new EncodedResults(messageSegments(results.segment.message).map((s) => s.slice()));

@@ -1,5 +1,5 @@
 // Writes one Cap'n Proto segment front to back, for messages whose shape is known in advance (the
-// client's hot-path params). capnp-es builds the same bytes through a Pointer object per field
+// client's hot-path params, the server's exec-sync results). capnp-es builds the same bytes through a Pointer object per field
 // and Proxies per list: run cold, once per create or exec, that cost the client 0.3–1 ms a call.
 // Single segment, near pointers only, everything zeroed before use: what the encoding allows a
 // writer to choose freely.
@@ -49,6 +49,14 @@ export class SegmentBuilder {
     setListPointer(this.dv, ptrAt, at, ELEMENT_BYTE, utf8.length + 1);
   }
 
+  /** Data: the bytes as a byte list (a null pointer stays for an empty one, as capnp-es leaves it). */
+  data(ptrAt: number, value: Uint8Array): void {
+    if (value.byteLength === 0) return;
+    const at = this.alloc(Math.ceil(value.byteLength / 8));
+    this.bytes.set(value, at);
+    setListPointer(this.dv, ptrAt, at, ELEMENT_BYTE, value.byteLength);
+  }
+
   /** List(Text). */
   textList(ptrAt: number, values: readonly string[]): void {
     const at = this.alloc(values.length);
@@ -72,6 +80,10 @@ export class SegmentBuilder {
     this.dv.setUint32(tag, count << 2, true);
     this.dv.setUint32(tag + 4, dataWords | (ptrCount << 16), true);
     return tag + 8;
+  }
+
+  setI32(at: number, value: number): void {
+    this.dv.setInt32(at, value, true);
   }
 
   setU16(at: number, value: number): void {
