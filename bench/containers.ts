@@ -2,6 +2,7 @@
 // runtime, for runc and crun, side by side in one run.
 //
 //   bun bench/containers.ts [--quick] [--runtime runc|crun] [--phases lifecycle,logs,memory,sustained]
+//                           [--runs N] [--gap-ms 20]
 //                           [--workloads cat100,cat2] [--sustain-seconds N] [--sustain-all] [--log-dir DIR]
 //                           [--server PATH] [--json FILE]
 //   bun bench/containers.ts --from-json FILE      (prints the tables of a saved --json run again)
@@ -9,12 +10,15 @@
 // --quick: n=10 instead of 30 for create/exit, 1 log run instead of 3, 10 s of sustained logging
 //          instead of 60. --server: the conmonrs binary to measure (default dist/conmonrs, which
 //          `make bench` builds). --sustain-all: sustained logging for every runtime, not only the first.
+// --runs: create/exit samples per monitor (default 30, 10 with --quick). --gap-ms: idle time
+//          before each create/exit sample, so no sample starts inside the previous one's tail
+//          (runtime teardown, clean-up, exit files); the order of the monitors rotates per round.
 //
 // Root only; needs dist/conmonrs (`bun build.ts`), runc and/or crun, busybox-static, and
 // /usr/bin/conmon for the conmon columns (Debian `conmon`; skipped with a note when missing).
 //
 // Measures, per runtime (methods in bench/lib/*.ts headers):
-//   1. create overhead over bare `runtime create` (`true` container, interleaved, median of 30)
+//   1. create overhead over bare `runtime create` (`true` container, interleaved, median of --runs)
 //   2. container exit → exit file (pidfd on the container init; inotify on the exit dir)
 //   3. log throughput and monitor CPU per GB: 500 MiB of 100-byte lines, 50 MiB of 2-byte lines
 //   4. server memory: idle, per added container (20 `sleep`s), during 60 s of full-speed logging
@@ -50,6 +54,7 @@ type Phase = (typeof PHASES)[number];
 type Options = {
   quick: boolean;
   lifecycleRuns: number;
+  gapMs: number;
   warmup: number;
   logRuns: number;
   containers: number;
@@ -73,7 +78,8 @@ function parseOptions(args: string[]): Options {
   const sustain = argValue(args, "--sustain-seconds");
   return {
     quick,
-    lifecycleRuns: quick ? 10 : 30,
+    lifecycleRuns: Number(argValue(args, "--runs") ?? (quick ? 10 : 30)),
+    gapMs: Number(argValue(args, "--gap-ms") ?? 20),
     warmup: quick ? 2 : 3,
     logRuns: quick ? 1 : 3,
     containers: 20,
@@ -98,7 +104,7 @@ function parsePhases(list: string | undefined): Set<Phase> {
 
 /** The flags a worker gets from the parent (everything but --json). */
 function workerFlags(opts: Options): string[] {
-  const flags = ["--sustain-seconds", String(opts.sustainSeconds), "--log-dir", opts.logDir, "--server", opts.server, "--phases", [...opts.phases].join(","), "--workloads", opts.workloads.join(",")];
+  const flags = ["--runs", String(opts.lifecycleRuns), "--gap-ms", String(opts.gapMs), "--sustain-seconds", String(opts.sustainSeconds), "--log-dir", opts.logDir, "--server", opts.server, "--phases", [...opts.phases].join(","), "--workloads", opts.workloads.join(",")];
   return opts.quick ? ["--quick", ...flags] : flags;
 }
 
@@ -129,6 +135,7 @@ async function lifecyclePhase(ctx: BenchContext, opts: Options): Promise<Runtime
   try {
     for (let i = 0; i < opts.warmup + opts.lifecycleRuns; i++) {
       for (const mode of rotated(modes, i)) {
+        if (opts.gapMs > 0) await Bun.sleep(opts.gapMs);
         const sample = await runOne(mode);
         if (i >= opts.warmup) out[mode].push(sample);
       }

@@ -1,7 +1,7 @@
 // exec-sync and attach, measured end to end on this machine with real runtimes.
 //
 //   bun build.ts && bun bench/exec.ts [--n 200] [--warmup 10] [--runtimes runc,crun]
-//                                     [--attach-mb 256] [--rtt-n 200]
+//                                     [--attach-mb 256] [--rtt-n 200] [--gap-ms 20]
 //
 // Per runtime, against one running `sleep` container (busybox bundle, cgroupfs):
 //   ours    execSyncContainer of `true` through dist/conmonrs (our client, one RPC connection)
@@ -11,7 +11,12 @@
 //   conmon  C conmon's exec path as CRI-O runs it (research §2/§3e): `conmon -e --sync
 //           --exec-process-spec process.json ...`, start-pipe byte, `{"exit_code"}` read from the
 //           sync pipe until EOF, output read back from its log file
-// The three are interleaved (ours, bare, conmon, ours, ...) so that drift hits them alike.
+// The paths are interleaved so that drift hits them alike: every round runs each once, in an
+// order shuffled per round (seeded), each after the same idle gap (--gap-ms). Both matter on
+// this 2-vCPU VM: a call that starts right after another path's finishes inherits its tail
+// (runc teardown, the previous exec's clean-up, vCPUs still awake or not), which moved single
+// paths by 2–7 ms in a fixed order (docs/performance.md). A gap also matches how probes arrive:
+// at a monitor that has been idle for a while.
 // Then, through our server only:
 //   attach throughput  a container writes --attach-mb MiB of zeros to stdout (no log driver);
 //                      our attach client counts what arrives; MB/s from `runtime start` to `[0]`
@@ -30,10 +35,19 @@ import { closeQuietly, pipe, readFd, setNonBlocking, writeFd } from "../ffi/fd.t
 import { watch } from "../ffi/poller.ts";
 import { tryPidfd, waitReadable } from "./lib/sys.ts";
 import { makeBundle } from "../test/helpers/bundle.ts";
+import { rng } from "../test/helpers/rng.ts";
 import { ensureJournald } from "../test/helpers/journald.ts";
 import { tmpDir, uniqueId } from "../test/helpers/proc.ts";
 import { runtime as findRuntime, runtimes, spawnPrefix, type Runtime } from "../test/helpers/runtimes.ts";
 import { BINARY } from "../test/helpers/server.ts";
+
+/** Fisher–Yates, in place. */
+function shuffle<T>(items: T[], int: (n: number) => number): void {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = int(i + 1);
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+}
 
 function arg(flag: string, fallback: string): string {
   const i = process.argv.indexOf(flag);
@@ -42,6 +56,7 @@ function arg(flag: string, fallback: string): string {
 
 const N = Number(arg("--n", "200"));
 const WARMUP = Number(arg("--warmup", "10"));
+const GAP_MS = Number(arg("--gap-ms", "20"));
 const ATTACH_MB = Number(arg("--attach-mb", "256"));
 const RTT_N = Number(arg("--rtt-n", "200"));
 const CONMON = Bun.which("conmon") ?? "/usr/bin/conmon";
@@ -176,9 +191,13 @@ async function runChild(rt: Runtime): Promise<RuntimeResult> {
     };
     const paths = { ours, bare, detached, conmon: haveConmon ? conmon : null } as const;
     const times: Record<string, number[]> = { ours: [], bare: [], detached: [], conmon: [] };
+    const order = rng(0x5eed);
     for (let i = 0; i < WARMUP + N; i++) {
-      for (const [name, fn] of Object.entries(paths)) {
+      const round = Object.entries(paths).filter(([, fn]) => fn !== null);
+      shuffle(round, order.int);
+      for (const [name, fn] of round) {
         if (!fn) continue;
+        if (GAP_MS > 0) await Bun.sleep(GAP_MS);
         const t0 = performance.now();
         await fn();
         if (i >= WARMUP) times[name]!.push(performance.now() - t0);
@@ -307,7 +326,7 @@ async function runChild(rt: Runtime): Promise<RuntimeResult> {
 const f = (ms: number) => ms.toFixed(2);
 
 function report(results: RuntimeResult[]): void {
-  console.log(`\nexec-sync of \`true\`, n=${N} per path (after ${WARMUP} warm-up), interleaved; ms`);
+  console.log(`\nexec-sync of \`true\`, n=${N} per path (after ${WARMUP} warm-up), shuffled per round, ${GAP_MS} ms idle before each call; ms`);
   console.log("| runtime | path | median | p99 | mean | median − bare | median − `exec -d` floor | median ratio to bare |");
   console.log("|---|---|---|---|---|---|---|---|");
   const plus = (ms: number) => `${ms >= 0 ? "+" : ""}${f(ms)}`;

@@ -14,8 +14,8 @@ import { execArgs } from "./runtime-args.ts";
 import { runtimeConfig, runtimeEnv } from "./runtime.ts";
 import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager } from "../schema/conmon.ts";
-import { EncodedResults, replyWith } from "./rpc/results.ts";
-import { SegmentBuilder } from "./rpc/segment-builder.ts";
+import { replyWith } from "./rpc/results.ts";
+import { encodeExecResults, type ExecResultFields } from "./exec-results.ts";
 
 /** Per stream (CVE-2022-1708): output beyond this is dropped, not an error. */
 export const MAX_EXEC_OUTPUT = 16 * 1024 * 1024;
@@ -25,12 +25,7 @@ const OUTPUT_DRAIN_MS = 100;
 export const EXIT_CODE_TIMEOUT = -3;
 export const EXIT_CODE_RUNTIME_FAILED = -2;
 
-export interface ExecResult {
-  exitCode: number;
-  stdout: Uint8Array;
-  stderr: Uint8Array;
-  timedOut: boolean;
-}
+export type ExecResult = ExecResultFields;
 
 /** Collects one stream up to a cap; a chunk that would cross the cap ends collection (as upstream). */
 export class CappedBuffer {
@@ -60,34 +55,6 @@ export class CappedBuffer {
     }
     return out;
   }
-}
-
-// execSyncContainer's results (schema/conmon.capnp, as `capnp compile -ocapnp` lays them out):
-// the results struct holds `response` (pointer 0); ExecSyncContainerResponse has one data word
-// (exitCode: Int32 at byte 0, timedOut: bit 32) and two pointers (stdout, stderr: Data).
-const RESPONSE_DATA_WORDS = 1;
-const RESPONSE_PTRS = 2;
-const TIMED_OUT_BIT = 32;
-
-const wordsFor = (bytes: number) => Math.ceil(bytes / 8);
-
-/**
- * The results of an exec as bytes, written by hand: byte for byte what filling the results
- * through capnp-es gives (test/unit/exec-results.test.ts), without a capnp-es object per field
- * on the path between the exec's exit and the answer. Sized up front, so 16 MiB of output is
- * copied once.
- */
-export function encodeExecResults(result: ExecResult): EncodedResults {
-  const words = 1 + 1 + RESPONSE_DATA_WORDS + RESPONSE_PTRS + wordsFor(result.stdout.byteLength) + wordsFor(result.stderr.byteLength);
-  const b = new SegmentBuilder(words * 8);
-  const root = b.root(0, 1);
-  const response = b.struct(root, RESPONSE_DATA_WORDS, RESPONSE_PTRS);
-  b.setI32(response, result.exitCode);
-  b.setBit(response, TIMED_OUT_BIT, result.timedOut);
-  const ptrs = response + RESPONSE_DATA_WORDS * 8;
-  b.data(ptrs, result.stdout);
-  b.data(ptrs + 8, result.stderr);
-  return EncodedResults.fromSegments([b.finish()]);
 }
 
 function texts(list: { length: number; get(i: number): string }): string[] {

@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { BuildInfo } from "../version.ts";
-import { RpcClient } from "./rpc-client.ts";
+import { RpcClient, type ResultsDecoder } from "./rpc-client.ts";
 import { createContainerParams } from "./params.ts";
 import { execSyncContainer, type ExecSyncConfig, type ExecContainerResult } from "./exec.ts";
 import { attachContainer, closeAttaches, type AttachConfig } from "./attach.ts";
@@ -164,10 +164,15 @@ export class ConmonClient {
   }
 
   /** Runs one RPC; on failure the connection is reset so the next call dials afresh. */
-  async call<T>(methodId: number, fill: ((request: any) => void) | Uint8Array, read: (response: any) => T): Promise<T> {
+  /**
+   * Calls method `methodId`: `fill` writes the request (or is the finished params message), `read`
+   * maps the capnp-es response, or, given as `{ decode }`, reads the results by hand.
+   */
+  async call<T>(methodId: number, fill: ((request: any) => void) | Uint8Array, read: ((response: any) => T) | { decode: ResultsDecoder<T> }): Promise<T> {
     const rpc = await this.connection();
     try {
       const params = fill instanceof Uint8Array ? fill : (p: any) => fill(p._initRequest());
+      if (typeof read !== "function") return await rpc.call(methodId, params, read.decode);
       const results: any = await rpc.call(methodId, params);
       return read(results.response);
     } catch (err) {

@@ -1,6 +1,7 @@
 // execSyncContainer on the client side (mirrors the Go client's ExecSyncContainer).
 import { CgroupManager, type ConmonClient } from "./conmon-client.ts";
 import { execSyncParams } from "./params.ts";
+import { decodeExecResults } from "../exec-results.ts";
 
 export interface ExecSyncConfig {
   id: string;
@@ -31,12 +32,7 @@ export function execSyncContainer(client: ConmonClient, cfg: ExecSyncConfig): Pr
       envVars: cfg.envVars,
       cgroupManager: cfg.cgroupManager ?? client.config.cgroupManager ?? CgroupManager.systemd,
     }),
-    // Copy the bytes out before the message is released (as the Go client does).
-    (res) => ({
-      exitCode: res.exitCode,
-      stdout: res._hasStdout() ? res.stdout.toUint8Array().slice() : new Uint8Array(),
-      stderr: res._hasStderr() ? res.stderr.toUint8Array().slice() : new Uint8Array(),
-      timedOut: res.timedOut,
-    }),
+    // Read by hand, the output copied out of the frame (as the Go client copies it).
+    { decode: decodeExecResults },
   );
 }

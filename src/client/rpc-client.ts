@@ -24,10 +24,18 @@ export class RemoteError extends Error {
   }
 }
 
+/**
+ * Reads a call's results by hand from the received frame instead of through capnp-es (the hot
+ * exec-sync answer). `seg`/`at` locate the results' pointer (seg -1: null); whatever is returned
+ * must not refer to the frame's bytes.
+ */
+export type ResultsDecoder<T> = (reader: FrameReader, seg: number, at: number) => T;
+
 interface Pending {
-  resolve(results: Struct): void;
+  resolve(results: unknown): void;
   reject(err: Error): void;
   ResultsClass: new (...args: any[]) => Struct;
+  decode?: ResultsDecoder<unknown>;
 }
 
 export class RpcClient {
@@ -84,9 +92,9 @@ export class RpcClient {
   /**
    * Calls `Conmon` method `methodId`. `params` is either a function that fills the params struct
    * through capnp-es, or a finished single-segment params message (src/client/params.ts).
-   * Resolves with the results struct.
+   * Resolves with the results struct, or with what `decode` reads from the results.
    */
-  call<R extends Struct>(methodId: number, params: ((params: any) => void) | Uint8Array): Promise<R> {
+  call<R>(methodId: number, params: ((params: any) => void) | Uint8Array, decode?: ResultsDecoder<R>): Promise<R> {
     if (this.closedError) return Promise.reject(this.closedError);
     const method = Conmon$Client.methods[methodId];
     if (!method) return Promise.reject(new Error(`unknown method ${methodId}`));
@@ -108,7 +116,7 @@ export class RpcClient {
     writeCall(out, questionId, Conmon$Client.interfaceId, methodId, target, segments);
     const frame = out.view();
     return new Promise<R>((resolve, reject) => {
-      this.pending.set(questionId, { resolve: resolve as any, reject, ResultsClass: method.ResultsClass as any });
+      this.pending.set(questionId, { resolve: resolve as any, reject, ResultsClass: method.ResultsClass as any, decode });
       this.write(frame);
     });
   }
@@ -148,7 +156,15 @@ export class RpcClient {
       const pending = this.pending.get(questionId);
       if (!pending) return;
       this.pending.delete(questionId);
-      pending.resolve(readStructAt(new Message(frame, false), env.paramsSeg, env.paramsOffset, pending.ResultsClass as any));
+      if (!pending.decode) {
+        pending.resolve(readStructAt(new Message(frame, false), env.paramsSeg, env.paramsOffset, pending.ResultsClass as any));
+        return;
+      }
+      try {
+        pending.resolve(pending.decode(this.reader, env.paramsSeg, env.paramsAt));
+      } catch (err) {
+        pending.reject(new Error("read results", { cause: err }));
+      }
       return;
     }
     this.handleRare(frame);

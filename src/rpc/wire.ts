@@ -26,6 +26,8 @@ export const PTR_FAR = 2;
 export const PTR_OTHER = 3;
 const KIND_NAMES = ["struct", "list", "far", "capability"] as const;
 
+/** List element size code 2: one byte per element (Data, Text). */
+const LIST_BYTE = 2;
 /** List element size code 7: a composite list, its elements are structs described by a tag word. */
 const LIST_COMPOSITE = 7;
 /** Bits per element for list element size codes 0..6 (void, bit, byte, 2, 4, 8 bytes, pointer). */
@@ -139,6 +141,22 @@ export class FrameReader {
 
   u32(s: StructRef, byteOffset: number): number {
     return byteOffset + 4 <= s.dataBytes ? this.dv.getUint32(s.data + byteOffset, true) : 0;
+  }
+
+  i32(s: StructRef, byteOffset: number): number {
+    return byteOffset + 4 <= s.dataBytes ? this.dv.getInt32(s.data + byteOffset, true) : 0;
+  }
+
+  /** A copy of the Data (byte list) the pointer at `at` targets; empty when it is null. */
+  data(seg: number, at: number): Uint8Array {
+    if (at < 0 || !this.resolve(seg, at)) return new Uint8Array(0);
+    const kind = this.targetLo & 3;
+    if (kind !== PTR_LIST) throw new WireError(`expected a list pointer, found a ${KIND_NAMES[kind]} pointer`);
+    if ((this.targetHi & 7) !== LIST_BYTE) throw new WireError(`expected a byte list, found element size ${this.targetHi & 7}`);
+    const length = this.targetHi >>> 3;
+    this.checkRange(this.targetSeg, this.targetAt, length, "data");
+    const start = this.dv.byteOffset + this.targetAt;
+    return new Uint8Array(this.dv.buffer.slice(start, start + length));
   }
 
   /** Bool field at bit `bitOffset` of the data section (false past its end). */

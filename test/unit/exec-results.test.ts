@@ -1,15 +1,17 @@
-// execSyncContainer's results, written by hand (encodeExecResults), against the same results
-// filled through capnp-es the way the handler used to: the bytes must be identical, and capnp-es
-// must read every field back.
+// execSyncContainer's results by hand (src/exec-results.ts) against capnp-es, both ways: what
+// the server writes must be the bytes the capnp-es fill gave, and what the client reads must be
+// what capnp-es reads, also from results capnp-es wrote (another server) and from short structs.
 import { describe, expect, test } from "bun:test";
-import { Message, utils } from "capnp-es";
+import { Message, ObjectSize, Uint32List, utils } from "capnp-es";
 import { Conmon$Client } from "../../schema/conmon.ts";
-import { encodeExecResults, type ExecResult } from "../../src/exec-sync.ts";
+import { decodeExecResults, encodeExecResults, type ExecResultFields } from "../../src/exec-results.ts";
+import { Envelope, parseEnvelope, writeResultsReturn } from "../../src/rpc/envelope.ts";
 import { messageSegments, newMessage } from "../../src/rpc/messages.ts";
+import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
 
 const ExecResults = Conmon$Client.methods[2]!.ResultsClass as any;
 
-function viaCapnpEs(result: ExecResult): Uint8Array[] {
+function viaCapnpEs(result: ExecResultFields): Uint8Array[] {
   const message = newMessage();
   const res = (message.initRoot(ExecResults) as any)._initResponse();
   res.exitCode = result.exitCode;
@@ -19,26 +21,41 @@ function viaCapnpEs(result: ExecResult): Uint8Array[] {
   return messageSegments(message);
 }
 
+/** The client's side: a Return frame around `segments`, decoded by hand as RpcClient does. */
+function decodeReturn(segments: readonly Uint8Array[]): ExecResultFields {
+  const out = new OutBuffer();
+  writeResultsReturn(out, 9, segments);
+  const frame = out.view().slice();
+  const reader = new FrameReader();
+  const env = new Envelope();
+  reader.reset(new DataView(frame.buffer), 0, frame.byteLength);
+  parseEnvelope(reader, env);
+  const decoded = decodeExecResults(reader, env.paramsSeg, env.paramsAt);
+  frame.fill(0xee); // the result must not share the frame's bytes
+  return decoded;
+}
+
 const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
 
-describe("encodeExecResults", () => {
-  test.each([
-    ["exit 0, no output", 0, 0, 0, false],
-    ["exit 1, stdout only", 1, 11, 0, false],
-    ["exit 127, stderr only", 127, 0, 37, false],
-    ["both streams, lengths on and off word boundaries", 2, 16, 9, false],
-    ["runtime failed (-2)", -2, 0, 0, false],
-    ["timed out (-3) with partial output", -3, 5, 3, true],
-    ["NUL bytes and every byte value", 0, 256, 256, false],
-    ["large output (1 MiB stdout)", 0, 1 << 20, 100, false],
-    ["largest int32 exit code", 0x7fffffff, 1, 1, true],
-  ] as const)("%s: same bytes as capnp-es, read back field by field", (_name, exitCode, outLen, errLen, timedOut) => {
-    const result: ExecResult = { exitCode, stdout: bytes(outLen, 1), stderr: bytes(errLen, 2), timedOut };
+const CASES = [
+  ["exit 0, no output", 0, 0, 0, false],
+  ["exit 1, stdout only", 1, 11, 0, false],
+  ["exit 127, stderr only", 127, 0, 37, false],
+  ["both streams, lengths on and off word boundaries", 2, 16, 9, false],
+  ["runtime failed (-2)", -2, 0, 0, false],
+  ["timed out (-3) with partial output", -3, 5, 3, true],
+  ["NUL bytes and every byte value", 0, 256, 256, false],
+  ["large output (1 MiB stdout)", 0, 1 << 20, 100, false],
+  ["largest int32 exit code", 0x7fffffff, 1, 1, true],
+] as const;
+
+describe("encodeExecResults (server)", () => {
+  test.each(CASES)("%s: the bytes capnp-es writes, read back by capnp-es", (_name, exitCode, outLen, errLen, timedOut) => {
+    const result: ExecResultFields = { exitCode, stdout: bytes(outLen, 1), stderr: bytes(errLen, 2), timedOut };
     const encoded = encodeExecResults(result);
     expect(encoded.segments.map((s) => [...s])).toEqual(viaCapnpEs(result).map((s) => [...s]));
 
-    const segment = encoded.segments[0]!;
-    const read: any = new Message(segment.slice().buffer, false, true).getRoot(ExecResults);
+    const read: any = new Message(encoded.segments[0]!.slice().buffer, false, true).getRoot(ExecResults);
     const response = read.response;
     // Before the Data getters below, which allocate a default in place of a null pointer.
     expect(utils.isNull(utils.getPointer(0, response))).toBe(outLen === 0);
@@ -46,5 +63,44 @@ describe("encodeExecResults", () => {
     expect(response.timedOut).toBe(timedOut);
     expect(new Uint8Array(response.stdout.toUint8Array())).toEqual(result.stdout);
     expect(new Uint8Array(response.stderr.toUint8Array())).toEqual(result.stderr);
+  });
+});
+
+describe("decodeExecResults (client)", () => {
+  test.each(CASES)("%s: what capnp-es wrote, read by hand", (_name, exitCode, outLen, errLen, timedOut) => {
+    const result: ExecResultFields = { exitCode, stdout: bytes(outLen, 3), stderr: bytes(errLen, 4), timedOut };
+    expect(decodeReturn(viaCapnpEs(result))).toEqual(result);
+    expect(decodeReturn(encodeExecResults(result).segments)).toEqual(result);
+  });
+
+  test("null results and a null response read as defaults", () => {
+    const none = { exitCode: 0, stdout: new Uint8Array(0), stderr: new Uint8Array(0), timedOut: false };
+    const nullResponse = newMessage();
+    nullResponse.initRoot(ExecResults);
+    expect(decodeReturn(messageSegments(nullResponse))).toEqual(none);
+    const nullResults = newMessage();
+    expect(decodeReturn(messageSegments(nullResults))).toEqual(none);
+  });
+
+  test("an older server's shorter response: missing fields read as defaults", () => {
+    const message = newMessage();
+    const root: any = message.initRoot(ExecResults);
+    const responsePointer = utils.getPointer(0, root);
+    utils.initStruct(new ObjectSize(8, 0), responsePointer); // the data word only, no Data pointers
+    const data = utils.getContent(responsePointer);
+    data.segment.setInt32(data.byteOffset, -7);
+    data.segment.setUint8(data.byteOffset + 4, 1); // timedOut
+    expect(decodeReturn(messageSegments(message))).toEqual({ exitCode: -7, stdout: new Uint8Array(0), stderr: new Uint8Array(0), timedOut: true });
+
+    const empty = newMessage();
+    utils.initStruct(new ObjectSize(0, 0), utils.getPointer(0, empty.initRoot(ExecResults) as any));
+    expect(decodeReturn(messageSegments(empty))).toEqual({ exitCode: 0, stdout: new Uint8Array(0), stderr: new Uint8Array(0), timedOut: false });
+  });
+
+  test("stdout that is not a byte list is a wire error", () => {
+    const message = newMessage();
+    const response: any = (message.initRoot(ExecResults) as any)._initResponse();
+    utils.initList(0, Uint32List, 2, response);
+    expect(() => decodeReturn(messageSegments(message))).toThrow(WireError);
   });
 });
