@@ -16,6 +16,7 @@ import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager } from "../schema/conmon.ts";
 import { replyWith } from "./rpc/results.ts";
 import { encodeExecResults, type ExecResultFields } from "./exec-results.ts";
+import type { ExecSyncParams } from "./exec-params.ts";
 
 /** Per stream (CVE-2022-1708): output beyond this is dropped, not an error. */
 export const MAX_EXEC_OUTPUT = 16 * 1024 * 1024;
@@ -55,10 +56,6 @@ export class CappedBuffer {
     }
     return out;
   }
-}
-
-function texts(list: { length: number; get(i: number): string }): string[] {
-  return Array.from({ length: list.length }, (_, i) => list.get(i));
 }
 
 /** Kills an exec's process group (never our own, quirk Q16) and the process itself. */
@@ -220,16 +217,15 @@ export class ExecSync {
   }
 
 
-  readonly handle = async (params: any, results: any): Promise<void> => {
+  /** Params as readExecSyncParams (src/exec-params.ts) reads them from the frame. */
+  readonly handle = async (params: ExecSyncParams, results: any): Promise<void> => {
     const req = params.request;
-    const envVars: Record<string, string> = {};
-    for (let i = 0; i < req.envVars.length; i++) envVars[req.envVars.get(i).key] = req.envVars.get(i).value;
     const result = await this.run({
       id: req.id,
-      command: texts(req.command),
-      timeoutSec: Number(req.timeoutSec),
+      command: req.command,
+      timeoutSec: req.timeoutSec,
       terminal: req.terminal,
-      env: envVars,
+      env: req.envVars,
       systemdCgroup: req.cgroupManager === Conmon_CgroupManager.SYSTEMD,
     });
     replyWith(results, encodeExecResults(result));

@@ -4,6 +4,7 @@
 // through capnp-es field by field. Unset lists stay null, as the Go client leaves them.
 
 import { SegmentBuilder } from "../rpc/segment-builder.ts";
+import { ENTRY_PTRS, EXEC_CGROUP_MANAGER_BYTE, EXEC_DATA_WORDS, EXEC_PTRS, EXEC_TERMINAL_BIT, EXEC_TIMEOUT_BYTE, ExecPtr } from "../exec-params.ts";
 
 // CreateContainerRequest: 8 bytes, 12 pointers.
 const CREATE_DATA_WORDS = 1;
@@ -30,16 +31,7 @@ const CREATE_CGROUP_MANAGER_BYTE = 2;
 const LOG_DRIVER_DATA_WORDS = 2;
 const LOG_DRIVER_PTRS = 1;
 
-// ExecSyncContainerRequest: 16 bytes, 4 pointers.
-const EXEC_DATA_WORDS = 2;
-const EXEC_PTRS = 4;
-const EXEC_TIMEOUT_BYTE = 0;
-const EXEC_TERMINAL_BIT = 64;
-const EXEC_CGROUP_MANAGER_BYTE = 10;
-const ExecPtr = { id: 0, command: 1, metadata: 2, envVars: 3 } as const;
-
-// TextTextMapEntry: no data, key and value pointers.
-const ENTRY_PTRS = 2;
+// ExecSyncContainerRequest and TextTextMapEntry: see src/exec-params.ts, which the server reads them with.
 
 export interface CreateParams {
   id: string;

@@ -26,12 +26,29 @@ export const PTR_FAR = 2;
 export const PTR_OTHER = 3;
 const KIND_NAMES = ["struct", "list", "far", "capability"] as const;
 
-/** List element size code 2: one byte per element (Data, Text). */
+/** List element size codes: 2, one byte per element (Data, Text); 6, one pointer per element. */
 const LIST_BYTE = 2;
+const LIST_POINTER = 6;
+
+const decoder = new TextDecoder();
 /** List element size code 7: a composite list, its elements are structs described by a tag word. */
 const LIST_COMPOSITE = 7;
 /** Bits per element for list element size codes 0..6 (void, bit, byte, 2, 4, 8 bytes, pointer). */
 const LIST_ELEMENT_BITS = [0, 1, 8, 16, 32, 64, 64] as const;
+
+/**
+ * Where a list's elements are, as absolute byte offsets: element i starts at start + i * stepBytes
+ * and reads as a struct of `dataBytes` data and `ptrCount` pointers (a list of pointers reads as
+ * structs with one pointer, as the encoding's upgrade rules allow).
+ */
+export class ListRef {
+  seg = 0;
+  start = 0;
+  count = 0;
+  stepBytes = 0;
+  dataBytes = 0;
+  ptrCount = 0;
+}
 
 /** Where a struct's sections are, as absolute byte offsets into the reader's DataView. */
 export class StructRef {
@@ -147,16 +164,65 @@ export class FrameReader {
     return byteOffset + 4 <= s.dataBytes ? this.dv.getInt32(s.data + byteOffset, true) : 0;
   }
 
-  /** A copy of the Data (byte list) the pointer at `at` targets; empty when it is null. */
+  /** A copy of the Data (byte list) the pointer at `at` targets; empty when it is null (or `at` < 0). */
   data(seg: number, at: number): Uint8Array {
-    if (at < 0 || !this.resolve(seg, at)) return new Uint8Array(0);
-    const kind = this.targetLo & 3;
-    if (kind !== PTR_LIST) throw new WireError(`expected a list pointer, found a ${KIND_NAMES[kind]} pointer`);
-    if ((this.targetHi & 7) !== LIST_BYTE) throw new WireError(`expected a byte list, found element size ${this.targetHi & 7}`);
-    const length = this.targetHi >>> 3;
-    this.checkRange(this.targetSeg, this.targetAt, length, "data");
+    const length = this.byteList(seg, at, "data");
+    if (length <= 0) return new Uint8Array(0);
     const start = this.dv.byteOffset + this.targetAt;
     return new Uint8Array(this.dv.buffer.slice(start, start + length));
+  }
+
+  /** The Text the pointer at `at` targets, without its NUL terminator; "" when null (or `at` < 0). */
+  text(seg: number, at: number): string {
+    const length = this.byteList(seg, at, "text");
+    if (length <= 0) return "";
+    const start = this.dv.byteOffset + this.targetAt;
+    const end = this.dv.getUint8(this.targetAt + length - 1) === 0 ? length - 1 : length;
+    return decoder.decode(new Uint8Array(this.dv.buffer, start, end));
+  }
+
+  /** Reads the list pointer at `at` (a list of pointers or of structs) into `out`; false if null. */
+  readList(seg: number, at: number, out: ListRef): boolean {
+    if (at < 0 || (this.dv.getUint32(at, true) === 0 && this.dv.getUint32(at + 4, true) === 0)) return false;
+    const count = this.listLength(seg, at); // resolves (into target*) and checks bounds
+    const size = this.targetHi & 7;
+    out.seg = this.targetSeg;
+    out.count = count;
+    if (size === LIST_POINTER) {
+      out.start = this.targetAt;
+      out.stepBytes = 8;
+      out.dataBytes = 0;
+      out.ptrCount = 1;
+      return true;
+    }
+    if (size !== LIST_COMPOSITE) throw new WireError(`expected a list of pointers or structs, found element size ${size}`);
+    const tagHi = this.dv.getUint32(this.targetAt + 4, true);
+    out.start = this.targetAt + 8;
+    out.dataBytes = (tagHi & 0xffff) * 8;
+    out.ptrCount = tagHi >>> 16;
+    out.stepBytes = out.dataBytes + out.ptrCount * 8;
+    return true;
+  }
+
+  /** Element `i` of `list` as a struct (bounds: i < list.count, checked by the caller's loop). */
+  listStruct(list: ListRef, i: number, out: StructRef): StructRef {
+    out.seg = list.seg;
+    out.data = list.start + i * list.stepBytes;
+    out.dataBytes = list.dataBytes;
+    out.ptrs = out.data + list.dataBytes;
+    out.ptrCount = list.ptrCount;
+    return out;
+  }
+
+  /** Resolves a byte list pointer; returns its length (target* hold where), or -1 when null. */
+  private byteList(seg: number, at: number, what: string): number {
+    if (at < 0 || !this.resolve(seg, at)) return -1;
+    const kind = this.targetLo & 3;
+    if (kind !== PTR_LIST) throw new WireError(`${what}: expected a list pointer, found a ${KIND_NAMES[kind]} pointer`);
+    if ((this.targetHi & 7) !== LIST_BYTE) throw new WireError(`${what}: expected a byte list, found element size ${this.targetHi & 7}`);
+    const length = this.targetHi >>> 3;
+    this.checkRange(this.targetSeg, this.targetAt, length, what);
+    return length;
   }
 
   /** Bool field at bit `bitOffset` of the data section (false past its end). */

@@ -2,13 +2,20 @@
 // src/rpc/segment-builder.ts) read back through capnp-es, the generated schema's own reader, field
 // by field against the request as capnp-es builds it from the same input: random requests with
 // empty and full lists, multi-byte UTF-8, large values; and the bytes are a valid message that
-// capnp-es reads without complaint.
+// capnp-es reads without complaint. Also the server's side: readExecSyncParams (src/exec-params.ts)
+// reads execSyncContainer requests from whole Call frames, as capnp-es (multi-segment, far
+// pointers) and our client write them.
 import { describe, expect, test } from "bun:test";
-import { Message } from "capnp-es";
-import { Conmon_CreateContainer$Params, Conmon_ExecSyncContainer$Params } from "../../schema/conmon.ts";
+import { Message, ObjectSize, Uint8List, utils } from "capnp-es";
+import { Message as RpcMessage } from "capnp-es/capnp/rpc";
+import { Conmon$Client, Conmon_CreateContainer$Params, Conmon_ExecSyncContainer$Params } from "../../schema/conmon.ts";
+import { readExecSyncParams, type ExecSyncRequest } from "../../src/exec-params.ts";
+import { Envelope, parseEnvelope, writeCall } from "../../src/rpc/envelope.ts";
+import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
 import { createContainerParams, execSyncParams, type CreateParams, type ExecParams } from "../../src/client/params.ts";
 import { SegmentBuilder } from "../../src/rpc/segment-builder.ts";
 import { rng } from "../helpers/rng.ts";
+import { scatterFrame } from "../helpers/scatter.ts";
 
 /** The shared generator plus the values these requests are made of. */
 function valueRng(seed: number) {
@@ -203,3 +210,132 @@ describe("hand-written client params", () => {
     expect(m.getSegment(0).byteLength).toBe(seg.byteLength);
   });
 });
+
+describe("readExecSyncParams (the server reads exec requests by hand)", () => {
+  /** A whole Call frame built by capnp-es, segment table included; `fill` writes the request. */
+  function capnpCallFrame(fill: (request: any) => void): Uint8Array {
+    const msg = new Message();
+    const call = msg.initRoot(RpcMessage)._initCall();
+    call.questionId = 3;
+    call.interfaceId = Conmon$Client.interfaceId;
+    call.methodId = 2;
+    call._initTarget().importedCap = 0;
+    const content = call._initParams().content;
+    utils.initStruct(Conmon_ExecSyncContainer$Params._capnp.size, content);
+    fill((utils.getAs(Conmon_ExecSyncContainer$Params, content) as any)._initRequest());
+    return new Uint8Array(msg.toArrayBuffer());
+  }
+
+  function readByHand(frame: Uint8Array): ExecSyncRequest {
+    const reader = new FrameReader();
+    const env = new Envelope();
+    reader.reset(new DataView(frame.buffer, frame.byteOffset, frame.byteLength), 0, frame.byteLength);
+    parseEnvelope(reader, env);
+    return readExecSyncParams(reader, env.paramsSeg, env.paramsAt).request;
+  }
+
+  const expected = (p: ExecParams): ExecSyncRequest => ({
+    id: p.id,
+    command: [...p.command],
+    timeoutSec: Number(p.timeoutSec),
+    terminal: p.terminal,
+    envVars: Object.assign(Object.create(null), p.envVars ?? {}),
+    cgroupManager: p.cgroupManager,
+  });
+
+  test("300 random requests, written by capnp-es and by our client, read exactly", () => {
+    const r = valueRng(13);
+    for (let i = 0; i < 300; i++) {
+      const p: ExecParams = {
+        id: r.text(64),
+        command: r.texts() ?? [],
+        timeoutSec: r.next() < 0.5 ? 0n : BigInt(r.u32()) * BigInt(r.int(1 << 20)),
+        terminal: r.bool(),
+        envVars: r.map(),
+        cgroupManager: r.int(2),
+      };
+      const fromCapnpEs = capnpCallFrame((req) => {
+        req.id = p.id;
+        req.timeoutSec = p.timeoutSec;
+        setList((n) => req._initCommand(n), p.command);
+        req.terminal = p.terminal;
+        setEntries((n) => req._initEnvVars(n), p.envVars);
+        req.cgroupManager = p.cgroupManager;
+      });
+      expect(readByHand(fromCapnpEs)).toEqual(expected(p));
+      // Our client's params in the Call envelope it writes: the same request, laid out by SegmentBuilder.
+      const out = new OutBuffer();
+      writeCall(out, 3, Conmon$Client.interfaceId, 2, { importedCap: 0 }, [execSyncParams(p)]);
+      expect(readByHand(out.view().slice())).toEqual(expected(p));
+    }
+  });
+
+  test("requests laid out over 2-5 segments with far and double-far pointers read the same", () => {
+    const r = valueRng(17);
+    for (let i = 0; i < 100; i++) {
+      const p: ExecParams = { id: r.text(64), command: r.texts() ?? [], timeoutSec: BigInt(r.int(3600)), terminal: r.bool(), envVars: r.map(), cgroupManager: r.int(2) };
+      const frame = capnpCallFrame((req) => {
+        req.id = p.id;
+        req.timeoutSec = p.timeoutSec;
+        setList((n) => req._initCommand(n), p.command);
+        req.terminal = p.terminal;
+        setEntries((n) => req._initEnvVars(n), p.envVars);
+        req.cgroupManager = p.cgroupManager;
+      });
+      expect(readByHand(scatterFrame(frame, 2 + r.int(4), r))).toEqual(expected(p));
+    }
+  });
+
+  test("null params, a null request and an older client's shorter request read as defaults", () => {
+    const defaults = { id: "", command: [], timeoutSec: 0, terminal: false, envVars: Object.create(null), cgroupManager: 0 };
+    const nullParams = (() => {
+      const msg = new Message();
+      const call = msg.initRoot(RpcMessage)._initCall();
+      call.methodId = 2;
+      call._initTarget().importedCap = 0;
+      call._initParams();
+      return new Uint8Array(msg.toArrayBuffer());
+    })();
+    expect(readByHand(nullParams)).toEqual(defaults);
+    const nullRequest = (() => {
+      const msg = new Message();
+      const call = msg.initRoot(RpcMessage)._initCall();
+      call._initTarget().importedCap = 0;
+      utils.initStruct(Conmon_ExecSyncContainer$Params._capnp.size, call._initParams().content);
+      return new Uint8Array(msg.toArrayBuffer());
+    })();
+    expect(readByHand(nullRequest)).toEqual(defaults);
+    // Only id and command: what an old client without envVars/cgroupManager would send.
+    const short = (() => {
+      const msg = new Message();
+      const call = msg.initRoot(RpcMessage)._initCall();
+      call._initTarget().importedCap = 0;
+      const content = call._initParams().content;
+      utils.initStruct(Conmon_ExecSyncContainer$Params._capnp.size, content);
+      const requestPointer = utils.getPointer(0, utils.getAs(Conmon_ExecSyncContainer$Params, content));
+      utils.initStruct(new ObjectSize(8, 2), requestPointer);
+      const request: any = utils.getAs(Conmon_ExecSyncContainer$Params, content).request;
+      return { msg, request };
+    })();
+    short.request.id = "old";
+    short.request._initCommand(1).set(0, "true");
+    expect(readByHand(new Uint8Array(short.msg.toArrayBuffer()))).toEqual({ ...defaults, id: "old", command: ["true"] });
+  });
+
+  test("later envVars entries win over earlier ones with the same key", () => {
+    const frame = capnpCallFrame((req) => {
+      const l = req._initEnvVars(2);
+      l.get(0).key = "K";
+      l.get(0).value = "first";
+      l.get(1).key = "K";
+      l.get(1).value = "second";
+    });
+    expect(readByHand(frame).envVars.K).toBe("second");
+  });
+
+  test("a command that is not a list of texts is a wire error (the call gets an exception)", () => {
+    const frame = capnpCallFrame((req) => utils.initList(1, Uint8List, 3, req));
+    expect(() => readByHand(frame)).toThrow(WireError);
+  });
+});
+
