@@ -9,6 +9,9 @@ import { ChildReaper, spawnTracked, type ExitInfo } from "./child-reaper.ts";
 import { AttachServer } from "./attach.ts";
 import { ContainerIO } from "./container-io.ts";
 import { ContainerLog, type LogDriverConfig } from "./container-log.ts";
+import type { CreateContainerParams, CreateContainerRequest } from "./request-params.ts";
+import { encodeCreateResults } from "./call-results.ts";
+import { replyWith } from "./rpc/results.ts";
 import { errorChain, withContext } from "./errors.ts";
 import { runCleanupCommand, writeExitFiles, writeOomFiles } from "./exit-files.ts";
 import type { Logger } from "./logger.ts";
@@ -54,36 +57,18 @@ const emptyFdStore: FdStore = {
 };
 
 /** Text list → string[]; a null (unset) list reads as empty. */
-function texts(list: { length: number; get(i: number): string }): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < list.length; i++) out.push(list.get(i));
-  return out;
-}
-
-function envMap(list: { length: number; get(i: number): { key: string; value: string } }): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (let i = 0; i < list.length; i++) {
-    const entry = list.get(i);
-    env[entry.key] = entry.value;
-  }
-  return env;
-}
-
 const DRIVER_TYPES: Record<number, LogDriverConfig["type"]> = {
   [Conmon_LogDriver_Type.CONTAINER_RUNTIME_INTERFACE]: "cri",
   [Conmon_LogDriver_Type.JSON]: "json",
   [Conmon_LogDriver_Type.JOURNALD]: "journald",
 };
 
-function logDrivers(list: any): LogDriverConfig[] {
-  const drivers: LogDriverConfig[] = [];
-  for (let i = 0; i < list.length; i++) {
-    const driver = list.get(i);
+function logDrivers(list: CreateContainerRequest["logDrivers"]): LogDriverConfig[] {
+  return list.map((driver) => {
     const type = DRIVER_TYPES[driver.type];
     if (!type) throw new Error(`unknown log driver type ${driver.type}`);
-    drivers.push({ type, path: driver.path, maxSize: Number(driver.maxSize) });
-  }
-  return drivers;
+    return { type, path: driver.path, maxSize: driver.maxSize };
+  });
 }
 
 export class Containers {
@@ -117,27 +102,20 @@ export class Containers {
 
 
   /** The createContainer RPC. */
-  readonly handleCreate = async (params: any, results: any): Promise<void> => {
+  /** Params as readCreateContainerParams (src/request-params.ts) reads them from the frame. */
+  readonly handleCreate = async (params: CreateContainerParams, results: any): Promise<void> => {
     const req = params.request;
-    const id: string = req.id;
-    const bundlePath: string = req.bundlePath;
-    const terminal: boolean = req.terminal;
-    const stdin: boolean = req.stdin;
+    const { id, bundlePath, terminal, stdin, exitPaths, oomExitPaths, cleanupCmd, globalArgs, commandArgs } = req;
     const drivers = logDrivers(req.logDrivers);
-    const exitPaths = texts(req.exitPaths);
-    const oomExitPaths = texts(req.oomExitPaths);
-    const cleanupCmd = texts(req.cleanupCmd);
-    const globalArgs = texts(req.globalArgs);
-    const commandArgs = texts(req.commandArgs);
-    const env = envMap(req.envVars);
+    const env = req.envVars;
     const systemdCgroup = req.cgroupManager === Conmon_CgroupManager.SYSTEMD;
     if (this.byId.has(id)) throw new Error(`container with id ${id} already exists`);
 
     const additionalFds: number[] = [];
     const leakFds: number[] = [];
     try {
-      for (const slot of req.additionalFds.toArray() as bigint[]) additionalFds.push(this.fdStore.take(slot));
-      for (const slot of req.leakFds.toArray() as bigint[]) leakFds.push(this.fdStore.take(slot));
+      for (const slot of req.additionalFds) additionalFds.push(this.fdStore.take(slot));
+      for (const slot of req.leakFds) leakFds.push(this.fdStore.take(slot));
     } catch (err) {
       for (const fd of [...additionalFds, ...leakFds]) closeQuietly(fd);
       throw err;
@@ -167,7 +145,7 @@ export class Containers {
       for (const fd of additionalFds) closeQuietly(fd);
       additionalFds.length = 0;
       const container = this.register({ id, pid, io, log, stdin, exitPaths, oomExitPaths, cleanupCmd, leakFds });
-      results._initResponse().containerPid = container.pid;
+      replyWith(results, encodeCreateResults(container.pid));
     } catch (err) {
       io?.close();
       log?.close();

@@ -15,8 +15,8 @@ import { runtimeConfig, runtimeEnv } from "./runtime.ts";
 import { getpgid, getpid, kill, killProcessGroup } from "../ffi/process.ts";
 import { Conmon_CgroupManager } from "../schema/conmon.ts";
 import { replyWith } from "./rpc/results.ts";
-import { encodeExecResults, type ExecResultFields } from "./exec-results.ts";
-import type { ExecSyncParams } from "./exec-params.ts";
+import { encodeExecResults, type ExecResultFields } from "./call-results.ts";
+import type { ExecSyncParams } from "./request-params.ts";
 
 /** Per stream (CVE-2022-1708): output beyond this is dropped, not an error. */
 export const MAX_EXEC_OUTPUT = 16 * 1024 * 1024;
@@ -217,7 +217,7 @@ export class ExecSync {
   }
 
 
-  /** Params as readExecSyncParams (src/exec-params.ts) reads them from the frame. */
+  /** Params as readExecSyncParams (src/request-params.ts) reads them from the frame. */
   readonly handle = async (params: ExecSyncParams, results: any): Promise<void> => {
     const req = params.request;
     const result = await this.run({

@@ -9,7 +9,7 @@ import { createLogger, type Logger } from "./logger.ts";
 import { listenRpc, type RpcListener } from "./rpc/listener.ts";
 import { CONCERN_METHODS, conmonService, type ConcernMethod, type Handler, type MethodName } from "./service.ts";
 import { handleVersion, readVersionParams } from "./version.ts";
-import { readExecSyncParams } from "./exec-params.ts";
+import { readCreateContainerParams, readExecSyncParams } from "./request-params.ts";
 import type { Concerns } from "./concerns.ts";
 import { SdNotifier } from "./sd-notify.ts";
 import { closeQuietly, isCloexec, listOpenFds } from "../ffi/fd.ts";
@@ -98,7 +98,9 @@ export class Server {
     };
     process.once("SIGTERM", () => stop("SIGTERM"));
     process.once("SIGINT", () => stop("SIGINT"));
-    this.listener = listenRpc(this.socketPath, conmonService(this.handlers, { version: readVersionParams, execSyncContainer: readExecSyncParams }), this.logger);
+    // The hot calls' params are read by hand from the frame (version.ts, request-params.ts).
+    const paramsReaders = { version: readVersionParams, createContainer: readCreateContainerParams, execSyncContainer: readExecSyncParams };
+    this.listener = listenRpc(this.socketPath, conmonService(this.handlers, paramsReaders), this.logger);
     this.logger.info(`Listening on ${this.socketPath}`);
     // Bun.listen has bound and listened by now: connections are accepted from here on.
     void this.notifier?.ready(this.socketPath);

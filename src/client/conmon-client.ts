@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { BuildInfo } from "../version.ts";
 import { RpcClient, type ResultsDecoder } from "./rpc-client.ts";
+import { decodeCreateResults } from "../call-results.ts";
 import { createContainerParams } from "./params.ts";
 import { execSyncContainer, type ExecSyncConfig, type ExecContainerResult } from "./exec.ts";
 import { attachContainer, closeAttaches, type AttachConfig } from "./attach.ts";
@@ -219,7 +220,7 @@ export class ConmonClient {
       additionalFds: cfg.additionalFds,
       leakFds: cfg.leakFds,
     });
-    return this.call(1, params, (res) => ({ pid: res.containerPid as number }));
+    return this.call(1, params, { decode: (reader, seg, at) => ({ pid: decodeCreateResults(reader, seg, at).containerPid }) });
   }
 
   /** reopenLogContainer: reopen every log file of the container at its path (after rotation). */

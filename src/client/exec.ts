@@ -1,7 +1,7 @@
 // execSyncContainer on the client side (mirrors the Go client's ExecSyncContainer).
 import { CgroupManager, type ConmonClient } from "./conmon-client.ts";
 import { execSyncParams } from "./params.ts";
-import { decodeExecResults } from "../exec-results.ts";
+import { decodeExecResults } from "../call-results.ts";
 
 export interface ExecSyncConfig {
   id: string;

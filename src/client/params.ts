@@ -4,34 +4,25 @@
 // through capnp-es field by field. Unset lists stay null, as the Go client leaves them.
 
 import { SegmentBuilder } from "../rpc/segment-builder.ts";
-import { ENTRY_PTRS, EXEC_CGROUP_MANAGER_BYTE, EXEC_DATA_WORDS, EXEC_PTRS, EXEC_TERMINAL_BIT, EXEC_TIMEOUT_BYTE, ExecPtr } from "../exec-params.ts";
+import {
+  CREATE_CGROUP_MANAGER_BYTE,
+  CREATE_DATA_WORDS,
+  CREATE_PTRS,
+  CREATE_STDIN_BIT,
+  CREATE_TERMINAL_BIT,
+  CreatePtr,
+  ENTRY_PTRS,
+  EXEC_CGROUP_MANAGER_BYTE,
+  EXEC_DATA_WORDS,
+  EXEC_PTRS,
+  EXEC_TERMINAL_BIT,
+  EXEC_TIMEOUT_BYTE,
+  ExecPtr,
+  LOG_DRIVER_DATA_WORDS,
+  LOG_DRIVER_PTRS,
+} from "../request-params.ts";
 
-// CreateContainerRequest: 8 bytes, 12 pointers.
-const CREATE_DATA_WORDS = 1;
-const CREATE_PTRS = 12;
-const CreatePtr = {
-  id: 0,
-  bundlePath: 1,
-  exitPaths: 2,
-  oomExitPaths: 3,
-  logDrivers: 4,
-  cleanupCmd: 5,
-  globalArgs: 6,
-  commandArgs: 7,
-  metadata: 8,
-  envVars: 9,
-  additionalFds: 10,
-  leakFds: 11,
-} as const;
-const CREATE_TERMINAL_BIT = 0;
-const CREATE_STDIN_BIT = 1;
-const CREATE_CGROUP_MANAGER_BYTE = 2;
-
-// LogDriver: 16 bytes, 1 pointer (type @ byte 0, maxSize @ byte 8, path ptr 0).
-const LOG_DRIVER_DATA_WORDS = 2;
-const LOG_DRIVER_PTRS = 1;
-
-// ExecSyncContainerRequest and TextTextMapEntry: see src/exec-params.ts, which the server reads them with.
+// Layouts: src/request-params.ts, which the server reads these requests with.
 
 export interface CreateParams {
   id: string;

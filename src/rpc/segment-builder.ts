@@ -82,6 +82,10 @@ export class SegmentBuilder {
     return tag + 8;
   }
 
+  setU32(at: number, value: number): void {
+    this.dv.setUint32(at, value, true);
+  }
+
   setI32(at: number, value: number): void {
     this.dv.setInt32(at, value, true);
   }

@@ -26,8 +26,9 @@ export const PTR_FAR = 2;
 export const PTR_OTHER = 3;
 const KIND_NAMES = ["struct", "list", "far", "capability"] as const;
 
-/** List element size codes: 2, one byte per element (Data, Text); 6, one pointer per element. */
+/** List element size codes: 2, one byte per element (Data, Text); 5, eight bytes; 6, one pointer. */
 const LIST_BYTE = 2;
+const LIST_EIGHT_BYTES = 5;
 const LIST_POINTER = 6;
 
 const decoder = new TextDecoder();
@@ -202,6 +203,17 @@ export class FrameReader {
     out.ptrCount = tagHi >>> 16;
     out.stepBytes = out.dataBytes + out.ptrCount * 8;
     return true;
+  }
+
+  /** The List(UInt64) the pointer at `at` targets; empty when it is null (or `at` < 0). */
+  u64List(seg: number, at: number): bigint[] {
+    if (at < 0 || (this.dv.getUint32(at, true) === 0 && this.dv.getUint32(at + 4, true) === 0)) return [];
+    const count = this.listLength(seg, at); // resolves (into target*) and checks bounds
+    const size = this.targetHi & 7;
+    if (size !== LIST_EIGHT_BYTES) throw new WireError(`expected a list of 64-bit values, found element size ${size}`);
+    const out: bigint[] = [];
+    for (let i = 0; i < count; i++) out.push(this.dv.getBigUint64(this.targetAt + i * 8, true));
+    return out;
   }
 
   /** Element `i` of `list` as a struct (bounds: i < list.count, checked by the caller's loop). */

@@ -2,14 +2,14 @@
 // src/rpc/segment-builder.ts) read back through capnp-es, the generated schema's own reader, field
 // by field against the request as capnp-es builds it from the same input: random requests with
 // empty and full lists, multi-byte UTF-8, large values; and the bytes are a valid message that
-// capnp-es reads without complaint. Also the server's side: readExecSyncParams (src/exec-params.ts)
-// reads execSyncContainer requests from whole Call frames, as capnp-es (multi-segment, far
-// pointers) and our client write them.
+// capnp-es reads without complaint. Also the server's side: readExecSyncParams and
+// readCreateContainerParams (src/request-params.ts) read the requests from whole Call frames, as
+// capnp-es (also re-laid out over several segments with far pointers) and our client write them.
 import { describe, expect, test } from "bun:test";
 import { Message, ObjectSize, Uint8List, utils } from "capnp-es";
 import { Message as RpcMessage } from "capnp-es/capnp/rpc";
 import { Conmon$Client, Conmon_CreateContainer$Params, Conmon_ExecSyncContainer$Params } from "../../schema/conmon.ts";
-import { readExecSyncParams, type ExecSyncRequest } from "../../src/exec-params.ts";
+import { readCreateContainerParams, readExecSyncParams, type CreateContainerRequest, type ExecSyncRequest } from "../../src/request-params.ts";
 import { Envelope, parseEnvelope, writeCall } from "../../src/rpc/envelope.ts";
 import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
 import { createContainerParams, execSyncParams, type CreateParams, type ExecParams } from "../../src/client/params.ts";
@@ -85,7 +85,12 @@ function setEntries(init: (n: number) => { get(i: number): { key: string; value:
 /** The same request built with capnp-es's generated builders (what the client used to send). */
 function capnpCreate(p: CreateParams): Uint8Array {
   const m = new Message();
-  const r = m.initRoot(Conmon_CreateContainer$Params)._initRequest();
+  fillCreate(m.initRoot(Conmon_CreateContainer$Params)._initRequest(), p);
+  return new Uint8Array(m.toArrayBuffer()).subarray(8); // drop the stream framing's segment table
+}
+
+/** Writes `p` into a capnp-es CreateContainerRequest. */
+function fillCreate(r: any, p: CreateParams): void {
   r.id = p.id;
   r.bundlePath = p.bundlePath;
   r.terminal = p.terminal;
@@ -109,7 +114,6 @@ function capnpCreate(p: CreateParams): Uint8Array {
   r.cgroupManager = p.cgroupManager as any;
   setList((n) => r._initAdditionalFds(n), p.additionalFds);
   setList((n) => r._initLeakFds(n), p.leakFds);
-  return new Uint8Array(m.toArrayBuffer()).subarray(8); // drop the stream framing's segment table
 }
 
 function readExec(segment: Uint8Array) {
@@ -212,27 +216,8 @@ describe("hand-written client params", () => {
 });
 
 describe("readExecSyncParams (the server reads exec requests by hand)", () => {
-  /** A whole Call frame built by capnp-es, segment table included; `fill` writes the request. */
-  function capnpCallFrame(fill: (request: any) => void): Uint8Array {
-    const msg = new Message();
-    const call = msg.initRoot(RpcMessage)._initCall();
-    call.questionId = 3;
-    call.interfaceId = Conmon$Client.interfaceId;
-    call.methodId = 2;
-    call._initTarget().importedCap = 0;
-    const content = call._initParams().content;
-    utils.initStruct(Conmon_ExecSyncContainer$Params._capnp.size, content);
-    fill((utils.getAs(Conmon_ExecSyncContainer$Params, content) as any)._initRequest());
-    return new Uint8Array(msg.toArrayBuffer());
-  }
-
-  function readByHand(frame: Uint8Array): ExecSyncRequest {
-    const reader = new FrameReader();
-    const env = new Envelope();
-    reader.reset(new DataView(frame.buffer, frame.byteOffset, frame.byteLength), 0, frame.byteLength);
-    parseEnvelope(reader, env);
-    return readExecSyncParams(reader, env.paramsSeg, env.paramsAt).request;
-  }
+  const capnpCallFrame = (fill: (request: any) => void) => callFrameOf(Conmon_ExecSyncContainer$Params, 2, fill);
+  const readByHand = (frame: Uint8Array): ExecSyncRequest => readFrameBy(frame, readExecSyncParams).request;
 
   const expected = (p: ExecParams): ExecSyncRequest => ({
     id: p.id,
@@ -264,9 +249,7 @@ describe("readExecSyncParams (the server reads exec requests by hand)", () => {
       });
       expect(readByHand(fromCapnpEs)).toEqual(expected(p));
       // Our client's params in the Call envelope it writes: the same request, laid out by SegmentBuilder.
-      const out = new OutBuffer();
-      writeCall(out, 3, Conmon$Client.interfaceId, 2, { importedCap: 0 }, [execSyncParams(p)]);
-      expect(readByHand(out.view().slice())).toEqual(expected(p));
+      expect(readByHand(clientCallFrame(2, execSyncParams(p)))).toEqual(expected(p));
     }
   });
 
@@ -339,3 +322,89 @@ describe("readExecSyncParams (the server reads exec requests by hand)", () => {
   });
 });
 
+/** A whole Call frame built by capnp-es, segment table included; `fill` writes the request. */
+function callFrameOf(ParamsClass: any, methodId: number, fill: (request: any) => void): Uint8Array {
+  const msg = new Message();
+  const call = msg.initRoot(RpcMessage)._initCall();
+  call.questionId = 3;
+  call.interfaceId = Conmon$Client.interfaceId;
+  call.methodId = methodId;
+  call._initTarget().importedCap = 0;
+  const content = call._initParams().content;
+  utils.initStruct(ParamsClass._capnp.size, content);
+  fill((utils.getAs(ParamsClass, content) as any)._initRequest());
+  return new Uint8Array(msg.toArrayBuffer());
+}
+
+/** Parses the Call envelope of `frame` and runs a params reader on it, as the server does. */
+function readFrameBy<T>(frame: Uint8Array, read: (reader: FrameReader, seg: number, at: number) => T): T {
+  const reader = new FrameReader();
+  const env = new Envelope();
+  reader.reset(new DataView(frame.buffer, frame.byteOffset, frame.byteLength), 0, frame.byteLength);
+  parseEnvelope(reader, env);
+  return read(reader, env.paramsSeg, env.paramsAt);
+}
+
+/** Our client's params in the Call envelope it writes. */
+function clientCallFrame(methodId: number, params: Uint8Array): Uint8Array {
+  const out = new OutBuffer();
+  writeCall(out, 3, Conmon$Client.interfaceId, methodId, { importedCap: 0 }, [params]);
+  return out.view().slice();
+}
+
+describe("readCreateContainerParams (the server reads create requests by hand)", () => {
+  const readByHand = (frame: Uint8Array): CreateContainerRequest => readFrameBy(frame, readCreateContainerParams).request;
+  const expected = (p: CreateParams): CreateContainerRequest => ({
+    id: p.id,
+    bundlePath: p.bundlePath,
+    terminal: p.terminal,
+    stdin: p.stdin,
+    exitPaths: [...(p.exitPaths ?? [])],
+    oomExitPaths: [...(p.oomExitPaths ?? [])],
+    logDrivers: (p.logDrivers ?? []).map((d) => ({ type: d.type, path: d.path, maxSize: Number(d.maxSize) })),
+    cleanupCmd: [...(p.cleanupCmd ?? [])],
+    globalArgs: [...(p.globalArgs ?? [])],
+    commandArgs: [...(p.commandArgs ?? [])],
+    envVars: Object.assign(Object.create(null), p.envVars ?? {}),
+    cgroupManager: p.cgroupManager,
+    additionalFds: [...(p.additionalFds ?? [])],
+    leakFds: [...(p.leakFds ?? [])],
+  });
+
+  test("300 random requests from capnp-es and from our client, also over 2-5 segments, read exactly", () => {
+    const r = valueRng(19);
+    for (let i = 0; i < 300; i++) {
+      const p: CreateParams = {
+        id: r.text(64),
+        bundlePath: `/${r.text(100)}`,
+        terminal: r.bool(),
+        stdin: r.bool(),
+        exitPaths: r.texts(),
+        oomExitPaths: r.texts(),
+        // maxSize within 2^53: log sizes are numbers on our side.
+        logDrivers: r.next() < 0.3 ? undefined : Array.from({ length: r.int(4) }, () => ({ type: r.int(3), path: r.text(), maxSize: BigInt(r.u32()) * BigInt(r.int(1 << 20)) })),
+        cleanupCmd: r.texts(),
+        globalArgs: r.texts(),
+        commandArgs: r.texts(),
+        envVars: r.map(),
+        cgroupManager: r.int(2),
+        additionalFds: r.next() < 0.5 ? undefined : Array.from({ length: r.int(4) }, () => r.u64()),
+        leakFds: r.next() < 0.5 ? undefined : Array.from({ length: r.int(4) }, () => r.u64()),
+      };
+      const fromCapnpEs = callFrameOf(Conmon_CreateContainer$Params, 1, (req) => fillCreate(req, p));
+      expect(readByHand(fromCapnpEs)).toEqual(expected(p));
+      expect(readByHand(clientCallFrame(1, createContainerParams(p)))).toEqual(expected(p));
+      if (i < 100) expect(readByHand(scatterFrame(fromCapnpEs, 2 + r.int(4), r))).toEqual(expected(p));
+    }
+  });
+
+  test("null params and null lists read as defaults", () => {
+    const defaults = expected({ id: "", bundlePath: "", terminal: false, stdin: false, cgroupManager: 0 });
+    expect(readByHand(callFrameOf(Conmon_CreateContainer$Params, 1, () => {}))).toEqual(defaults);
+  });
+
+  test("fd slots that are not a list of 64-bit values are a wire error", () => {
+    const frame = callFrameOf(Conmon_CreateContainer$Params, 1, (req) => utils.initList(10, Uint8List, 3, req));
+    expect(() => readByHand(frame)).toThrow(WireError);
+  });
+});

@@ -1,10 +1,11 @@
-// execSyncContainer's results by hand (src/exec-results.ts) against capnp-es, both ways: what
-// the server writes must be the bytes the capnp-es fill gave, and what the client reads must be
-// what capnp-es reads, also from results capnp-es wrote (another server) and from short structs.
+// createContainer's and execSyncContainer's results by hand (src/call-results.ts) against
+// capnp-es, both ways: what the server writes must be the bytes the capnp-es fill gave, and what
+// the client reads must be what capnp-es reads, also from results capnp-es wrote (another server)
+// and from short structs.
 import { describe, expect, test } from "bun:test";
 import { Message, ObjectSize, Uint32List, utils } from "capnp-es";
 import { Conmon$Client } from "../../schema/conmon.ts";
-import { decodeExecResults, encodeExecResults, type ExecResultFields } from "../../src/exec-results.ts";
+import { decodeCreateResults, decodeExecResults, encodeCreateResults, encodeExecResults, type ExecResultFields } from "../../src/call-results.ts";
 import { Envelope, parseEnvelope, writeResultsReturn } from "../../src/rpc/envelope.ts";
 import { messageSegments, newMessage } from "../../src/rpc/messages.ts";
 import { FrameReader, OutBuffer, WireError } from "../../src/rpc/wire.ts";
@@ -23,6 +24,10 @@ function viaCapnpEs(result: ExecResultFields): Uint8Array[] {
 
 /** The client's side: a Return frame around `segments`, decoded by hand as RpcClient does. */
 function decodeReturn(segments: readonly Uint8Array[]): ExecResultFields {
+  return decodeReturnWith(segments, decodeExecResults);
+}
+
+function decodeReturnWith<T>(segments: readonly Uint8Array[], decode: (reader: FrameReader, seg: number, at: number) => T): T {
   const out = new OutBuffer();
   writeResultsReturn(out, 9, segments);
   const frame = out.view().slice();
@@ -30,7 +35,7 @@ function decodeReturn(segments: readonly Uint8Array[]): ExecResultFields {
   const env = new Envelope();
   reader.reset(new DataView(frame.buffer), 0, frame.byteLength);
   parseEnvelope(reader, env);
-  const decoded = decodeExecResults(reader, env.paramsSeg, env.paramsAt);
+  const decoded = decode(reader, env.paramsSeg, env.paramsAt);
   frame.fill(0xee); // the result must not share the frame's bytes
   return decoded;
 }
@@ -104,3 +109,22 @@ describe("decodeExecResults (client)", () => {
     expect(() => decodeReturn(messageSegments(message))).toThrow(WireError);
   });
 });
+
+describe("createContainer results", () => {
+  const CreateResults = Conmon$Client.methods[1]!.ResultsClass as any;
+
+  test.each([0, 1, 4242, 0x7fffffff, 0xffffffff])("pid %d: the server writes capnp-es's bytes, the client reads them back", (pid) => {
+    const message = newMessage();
+    (message.initRoot(CreateResults) as any)._initResponse().containerPid = pid;
+    const reference = messageSegments(message);
+    const encoded = encodeCreateResults(pid);
+    expect(encoded.segments.map((s) => [...s])).toEqual(reference.map((s) => [...s]));
+    expect(decodeReturnWith(reference, decodeCreateResults)).toEqual({ containerPid: pid });
+    expect(decodeReturnWith(encoded.segments, decodeCreateResults)).toEqual({ containerPid: pid });
+  });
+
+  test("null results read as pid 0", () => {
+    expect(decodeReturnWith(messageSegments(newMessage()), decodeCreateResults)).toEqual({ containerPid: 0 });
+  });
+});
+

@@ -1,11 +1,13 @@
-// execSyncContainer's results on the wire, written by the server and read by our client by hand.
-// Kubelet probes make this the most frequent answer with a body; building and reading it through
-// capnp-es (a Pointer object per field, run cold once per exec) cost each side a few hundred µs.
+// The results of the two hot calls on the wire, written by the server and read by our client by
+// hand. Kubelet probes make execSyncContainer's the most frequent answer with a body; building
+// and reading results through capnp-es (a Pointer object per field, run cold once per call) cost
+// each side a few hundred µs. test/unit/call-results.test.ts checks both directions against
+// capnp-es.
 //
-// Layout (schema/conmon.capnp, as `capnp compile -ocapnp` prints it): the results struct holds
-// `response` (pointer 0); ExecSyncContainerResponse has one data word (exitCode: Int32 at byte 0,
-// timedOut: bit 32) and two pointers (stdout, stderr: Data). test/unit/exec-results.test.ts checks
-// both directions against capnp-es.
+// Layouts (schema/conmon.capnp, as `capnp compile -ocapnp` prints them): each results struct
+// holds `response` (pointer 0). ExecSyncContainerResponse has one data word (exitCode: Int32 at
+// byte 0, timedOut: bit 32) and two pointers (stdout, stderr: Data); CreateContainerResponse one
+// data word (containerPid: UInt32 at byte 0) and no pointers.
 
 import { EncodedResults } from "./rpc/results.ts";
 import { SegmentBuilder } from "./rpc/segment-builder.ts";
@@ -65,4 +67,23 @@ export function decodeExecResults(reader: FrameReader, seg: number, at: number):
     stdout: reader.data(r.seg, reader.pointer(r, STDOUT_PTR)),
     stderr: reader.data(r.seg, reader.pointer(r, STDERR_PTR)),
   };
+}
+
+const CREATE_RESPONSE_DATA_WORDS = 1;
+const CONTAINER_PID_BYTE = 0;
+
+/** createContainer's results as one segment, byte for byte what capnp-es writes. */
+export function encodeCreateResults(containerPid: number): EncodedResults {
+  const b = new SegmentBuilder(8 * (1 + 1 + CREATE_RESPONSE_DATA_WORDS));
+  const response = b.struct(b.root(0, 1), CREATE_RESPONSE_DATA_WORDS, 0);
+  b.setU32(response + CONTAINER_PID_BYTE, containerPid);
+  return EncodedResults.fromSegments([b.finish()]);
+}
+
+/** Reads createContainer's results (see decodeExecResults); null reads as pid 0. */
+export function decodeCreateResults(reader: FrameReader, seg: number, at: number): { containerPid: number } {
+  if (seg < 0 || !reader.readStruct(seg, at, resultsRef)) return { containerPid: 0 };
+  const responseAt = reader.pointer(resultsRef, 0);
+  if (responseAt < 0 || !reader.readStruct(resultsRef.seg, responseAt, responseRef)) return { containerPid: 0 };
+  return { containerPid: reader.u32(responseRef, CONTAINER_PID_BYTE) };
 }
