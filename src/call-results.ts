@@ -56,10 +56,7 @@ const responseRef = new StructRef();
  * is copied out of the frame.
  */
 export function decodeExecResults(reader: FrameReader, seg: number, at: number): ExecResultFields {
-  const none: ExecResultFields = { exitCode: 0, stdout: new Uint8Array(0), stderr: new Uint8Array(0), timedOut: false };
-  if (seg < 0 || !reader.readStruct(seg, at, resultsRef)) return none;
-  const responseAt = reader.pointer(resultsRef, 0);
-  if (responseAt < 0 || !reader.readStruct(resultsRef.seg, responseAt, responseRef)) return none;
+  if (!reader.readWrapped(seg, at, resultsRef, responseRef)) return { exitCode: 0, stdout: new Uint8Array(0), stderr: new Uint8Array(0), timedOut: false };
   const r = responseRef;
   return {
     exitCode: reader.i32(r, EXIT_CODE_BYTE),
@@ -82,8 +79,6 @@ export function encodeCreateResults(containerPid: number): EncodedResults {
 
 /** Reads createContainer's results (see decodeExecResults); null reads as pid 0. */
 export function decodeCreateResults(reader: FrameReader, seg: number, at: number): { containerPid: number } {
-  if (seg < 0 || !reader.readStruct(seg, at, resultsRef)) return { containerPid: 0 };
-  const responseAt = reader.pointer(resultsRef, 0);
-  if (responseAt < 0 || !reader.readStruct(resultsRef.seg, responseAt, responseRef)) return { containerPid: 0 };
-  return { containerPid: reader.u32(responseRef, CONTAINER_PID_BYTE) };
+  const found = reader.readWrapped(seg, at, resultsRef, responseRef);
+  return { containerPid: found ? reader.u32(responseRef, CONTAINER_PID_BYTE) : 0 };
 }

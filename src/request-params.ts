@@ -101,8 +101,8 @@ const listRef = new ListRef();
  */
 export function readExecSyncParams(reader: FrameReader, seg: number, at: number): ExecSyncParams {
   const request: ExecSyncRequest = { id: "", command: [], timeoutSec: 0, terminal: false, envVars: Object.create(null), cgroupManager: 0 };
-  const r = readRequest(reader, seg, at);
-  if (!r) return { request };
+  if (!reader.readWrapped(seg, at, paramsRef, requestRef)) return { request };
+  const r = requestRef;
   request.timeoutSec = u64(reader, r, EXEC_TIMEOUT_BYTE);
   request.terminal = reader.bit(r, EXEC_TERMINAL_BIT);
   request.cgroupManager = reader.u16(r, EXEC_CGROUP_MANAGER_BYTE);
@@ -130,8 +130,8 @@ export function readCreateContainerParams(reader: FrameReader, seg: number, at: 
     additionalFds: [],
     leakFds: [],
   };
-  const r = readRequest(reader, seg, at);
-  if (!r) return { request };
+  if (!reader.readWrapped(seg, at, paramsRef, requestRef)) return { request };
+  const r = requestRef;
   request.terminal = reader.bit(r, CREATE_TERMINAL_BIT);
   request.stdin = reader.bit(r, CREATE_STDIN_BIT);
   request.cgroupManager = reader.u16(r, CREATE_CGROUP_MANAGER_BYTE);
@@ -156,14 +156,6 @@ export function readCreateContainerParams(reader: FrameReader, seg: number, at: 
   request.additionalFds = reader.u64List(r.seg, reader.pointer(r, CreatePtr.additionalFds));
   request.leakFds = reader.u64List(r.seg, reader.pointer(r, CreatePtr.leakFds));
   return { request };
-}
-
-/** The request struct (pointer 0 of the params), or null when either is null. */
-function readRequest(reader: FrameReader, seg: number, at: number): StructRef | null {
-  if (seg < 0 || !reader.readStruct(seg, at, paramsRef)) return null;
-  const requestAt = reader.pointer(paramsRef, 0);
-  if (requestAt < 0 || !reader.readStruct(paramsRef.seg, requestAt, requestRef)) return null;
-  return requestRef;
 }
 
 /** A UInt64 field as a number (exact up to 2^53: timeouts and log sizes). */

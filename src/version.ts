@@ -118,9 +118,7 @@ const VERBOSE_PARAMS: VersionParams = Object.freeze({ request: Object.freeze({ v
  * call a copy of the frame and the capnp-es objects around it. Null pointers read as defaults.
  */
 export function readVersionParams(reader: FrameReader, seg: number, at: number): VersionParams {
-  if (seg < 0 || !reader.readStruct(seg, at, paramsRef)) return PLAIN_PARAMS;
-  const requestAt = reader.pointer(paramsRef, 0);
-  if (requestAt < 0 || !reader.readStruct(paramsRef.seg, requestAt, requestRef)) return PLAIN_PARAMS;
+  if (!reader.readWrapped(seg, at, paramsRef, requestRef)) return PLAIN_PARAMS;
   return reader.bit(requestRef, 0) ? VERBOSE_PARAMS : PLAIN_PARAMS;
 }
 

@@ -145,8 +145,9 @@ export class RpcClient {
   }
 
   private handle(frame: ArrayBuffer): void {
-    // Results arrive on the hot path: read the envelope by hand and only the results through
-    // capnp-es. Everything else (the bootstrap's capability, exceptions, aborts) is rare.
+    // Results arrive on the hot path: read the envelope by hand, and the results by hand too when
+    // the call gave a decoder (create, exec), else through capnp-es. Everything else (the
+    // bootstrap's capability, exceptions, aborts) is rare.
     this.reader.reset(new DataView(frame), 0, frame.byteLength);
     parseEnvelope(this.reader, this.envelope);
     const env = this.envelope;

@@ -6,10 +6,12 @@
 // That keeps the state machine testable with tables of messages.
 //
 // Hot path (docs/performance.md): the envelope of Bootstrap, Call, Finish and Release is decoded
-// by hand straight from the received bytes (envelope.ts); only a call's params go through
-// capnp-es. Returns are written by hand into one output buffer around the results message the
-// handler filled, and everything produced while handling one received chunk goes out in a
-// single transport write. Rare messages (Abort, Unimplemented, unknown kinds) use capnp-es.
+// by hand straight from the received bytes (envelope.ts). A call's params go through capnp-es
+// unless its method reads them by hand (`readParams`: version, createContainer, execSync).
+// Returns are written by hand into one output buffer around the results the handler filled (or
+// handed over already encoded, `replyWith`), and everything produced while handling one received
+// chunk goes out in a single transport write. Rare messages (Abort, Unimplemented, unknown kinds)
+// use capnp-es.
 
 import { Message, type Struct } from "capnp-es";
 import { FrameDecoder, FramingError } from "./framing.ts";

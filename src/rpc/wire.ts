@@ -1,10 +1,12 @@
-// Cap'n Proto pointers read and written by hand, for the RPC envelope only.
+// Cap'n Proto pointers read and written by hand, for the RPC envelope and the hot calls' params
+// and results.
 //
 // capnp-es allocates an object per pointer it follows and per field it reads; routing one call
 // through it costs tens of microseconds. The envelope the server routes on (rpc.capnp Message,
 // Call, Finish, ...) is a handful of fixed offsets, so FrameReader resolves pointers over one
-// DataView with no allocation, and OutBuffer lets the encoders write frames in place. The schema
-// structs handlers read and write (params, results) still go through capnp-es.
+// DataView with no allocation, and OutBuffer lets the encoders write frames in place. The params
+// and results of version, createContainer and execSync are read the same way
+// (src/request-params.ts, src/call-results.ts); the other methods' go through capnp-es.
 //
 // Encoding reference (https://capnproto.org/encoding.html), little endian, 64-bit words:
 //   struct pointer  lo: offset (signed 30 bits, words from the end of the pointer) << 2 | 0
@@ -128,6 +130,17 @@ export class FrameReader {
     out.ptrs = this.targetAt + dataWords * 8;
     out.ptrCount = ptrCount;
     return true;
+  }
+
+  /**
+   * The struct in pointer 0 of the struct whose pointer is at `at` (the `request` of a params
+   * struct, the `response` of a results struct) into `out`; false when either is null (or `at`
+   * is -1). `outer` is scratch for the wrapping struct.
+   */
+  readWrapped(seg: number, at: number, outer: StructRef, out: StructRef): boolean {
+    if (seg < 0 || !this.readStruct(seg, at, outer)) return false;
+    const innerAt = this.pointer(outer, 0);
+    return innerAt >= 0 && this.readStruct(outer.seg, innerAt, out);
   }
 
   /** Number of elements of the list pointer at `at`; 0 if it is null. */
