@@ -2,6 +2,7 @@
 //
 //   bun build.ts && bun bench/exec.ts [--n 200] [--warmup 10] [--runtimes runc,crun]
 //                                     [--attach-mb 256] [--rtt-n 200] [--gap-ms 20]
+//                                     [--samples PREFIX]   (raw exec times: PREFIX.<runtime>.json)
 //
 // Per runtime, against one running `sleep` container (busybox bundle, cgroupfs):
 //   ours    execSyncContainer of `true` through dist/conmonrs (our client, one RPC connection)
@@ -290,6 +291,8 @@ async function runChild(rt: Runtime): Promise<RuntimeResult> {
     closeQuietly(outR);
     await floorCat.exited;
 
+    const samplesPrefix = arg("--samples", "");
+    if (samplesPrefix) writeFileSync(`${samplesPrefix}.${rt.name}.json`, JSON.stringify(times));
     return {
       runtime: rt.name,
       exec: {
