@@ -56,7 +56,6 @@ const emptyFdStore: FdStore = {
   },
 };
 
-/** Text list → string[]; a null (unset) list reads as empty. */
 const DRIVER_TYPES: Record<number, LogDriverConfig["type"]> = {
   [Conmon_LogDriver_Type.CONTAINER_RUNTIME_INTERFACE]: "cri",
   [Conmon_LogDriver_Type.JSON]: "json",
@@ -101,8 +100,7 @@ export class Containers {
 
 
 
-  /** The createContainer RPC. */
-  /** Params as readCreateContainerParams (src/request-params.ts) reads them from the frame. */
+  /** The createContainer RPC; params as readCreateContainerParams (src/request-params.ts) reads them. */
   readonly handleCreate = async (params: CreateContainerParams, results: any): Promise<void> => {
     const req = params.request;
     const { id, bundlePath, terminal, stdin, exitPaths, oomExitPaths, cleanupCmd, globalArgs, commandArgs } = req;

@@ -164,10 +164,10 @@ export class ConmonClient {
     this.rpc = undefined;
   }
 
-  /** Runs one RPC; on failure the connection is reset so the next call dials afresh. */
   /**
-   * Calls method `methodId`: `fill` writes the request (or is the finished params message), `read`
-   * maps the capnp-es response, or, given as `{ decode }`, reads the results by hand.
+   * Runs one RPC; on failure the connection is reset so the next call dials afresh. `fill` writes
+   * the request (or is the finished params message); `read` maps the capnp-es response, or,
+   * given as `{ decode }`, reads the results by hand (src/call-results.ts).
    */
   async call<T>(methodId: number, fill: ((request: any) => void) | Uint8Array, read: ((response: any) => T) | { decode: ResultsDecoder<T> }): Promise<T> {
     const rpc = await this.connection();

@@ -26,7 +26,7 @@ export class RemoteError extends Error {
 
 /**
  * Reads a call's results by hand from the received frame instead of through capnp-es (the hot
- * exec-sync answer). `seg`/`at` locate the results' pointer (seg -1: null); whatever is returned
+ * create and exec-sync answers). `seg`/`at` locate the results' pointer (seg -1: null); whatever is returned
  * must not refer to the frame's bytes.
  */
 export type ResultsDecoder<T> = (reader: FrameReader, seg: number, at: number) => T;
