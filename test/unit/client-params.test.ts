@@ -26,7 +26,35 @@ function valueRng(seed: number) {
   const texts = () => (next() < 0.3 ? undefined : Array.from({ length: int(5) }, () => text()));
   const u64 = () => (BigInt(r.u32()) << 32n) | BigInt(r.u32());
   const map = () => (next() < 0.4 ? undefined : Object.fromEntries(Array.from({ length: int(4) }, (_, i) => [`K${i}${text(8)}`, text()])));
-  return { ...r, text, texts, u64, map };
+  /** A value the server keeps as a number (exact below 2^53): timeouts, log sizes. */
+  const u53 = () => BigInt(r.u32()) * BigInt(int(1 << 20));
+  /** A random create request; `big` makes the 64-bit values (log sizes) of any size. */
+  const createParams = (big = u64): CreateParams => ({
+    id: text(64),
+    bundlePath: `/${text(100)}`,
+    terminal: r.bool(),
+    stdin: r.bool(),
+    exitPaths: texts(),
+    oomExitPaths: texts(),
+    logDrivers: next() < 0.3 ? undefined : Array.from({ length: int(4) }, () => ({ type: int(3), path: text(), maxSize: big() })),
+    cleanupCmd: texts(),
+    globalArgs: texts(),
+    commandArgs: texts(),
+    envVars: map(),
+    cgroupManager: int(2),
+    additionalFds: next() < 0.5 ? undefined : Array.from({ length: int(4) }, () => u64()),
+    leakFds: next() < 0.5 ? undefined : Array.from({ length: int(4) }, () => u64()),
+  });
+  /** A random exec request; `big` as for createParams (the timeout). */
+  const execParams = (big = u64): ExecParams => ({
+    id: text(64),
+    command: texts() ?? [],
+    timeoutSec: next() < 0.5 ? 0n : big(),
+    terminal: r.bool(),
+    envVars: map(),
+    cgroupManager: int(2),
+  });
+  return { ...r, text, texts, u64, u53, map, createParams, execParams };
 }
 
 /** Reads a list of a capnp-es struct into plain values. */
@@ -133,36 +161,25 @@ function readExec(segment: Uint8Array) {
 
 function capnpExec(p: ExecParams): Uint8Array {
   const m = new Message();
-  const r = m.initRoot(Conmon_ExecSyncContainer$Params)._initRequest();
+  fillExec(m.initRoot(Conmon_ExecSyncContainer$Params)._initRequest(), p);
+  return new Uint8Array(m.toArrayBuffer()).subarray(8);
+}
+
+/** Writes `p` into a capnp-es ExecSyncContainerRequest. */
+function fillExec(r: any, p: ExecParams): void {
   r.id = p.id;
   r.timeoutSec = p.timeoutSec;
   setList((n) => r._initCommand(n), p.command);
   r.terminal = p.terminal;
   setEntries((n) => r._initEnvVars(n), p.envVars);
-  r.cgroupManager = p.cgroupManager as any;
-  return new Uint8Array(m.toArrayBuffer()).subarray(8);
+  r.cgroupManager = p.cgroupManager;
 }
 
 describe("hand-written client params", () => {
   test("createContainer: 300 random requests read back exactly as capnp-es builds them", () => {
     const r = valueRng(7);
     for (let i = 0; i < 300; i++) {
-      const p: CreateParams = {
-        id: r.text(64),
-        bundlePath: `/${r.text(100)}`,
-        terminal: r.bool(),
-        stdin: r.bool(),
-        exitPaths: r.texts(),
-        oomExitPaths: r.texts(),
-        logDrivers: r.next() < 0.3 ? undefined : Array.from({ length: r.int(4) }, () => ({ type: r.int(3), path: r.text(), maxSize: r.u64() })),
-        cleanupCmd: r.texts(),
-        globalArgs: r.texts(),
-        commandArgs: r.texts(),
-        envVars: r.map(),
-        cgroupManager: r.int(2),
-        additionalFds: r.next() < 0.5 ? undefined : Array.from({ length: r.int(4) }, () => r.u64()),
-        leakFds: r.next() < 0.5 ? undefined : Array.from({ length: r.int(4) }, () => r.u64()),
-      };
+      const p = r.createParams();
       expect(readCreate(createContainerParams(p))).toEqual(readCreate(capnpCreate(p)));
     }
   });
@@ -170,14 +187,7 @@ describe("hand-written client params", () => {
   test("execSyncContainer: 300 random requests read back exactly as capnp-es builds them", () => {
     const r = valueRng(11);
     for (let i = 0; i < 300; i++) {
-      const p: ExecParams = {
-        id: r.text(64),
-        command: r.texts() ?? [],
-        timeoutSec: r.next() < 0.5 ? 0n : r.u64(),
-        terminal: r.bool(),
-        envVars: r.map(),
-        cgroupManager: r.int(2),
-      };
+      const p = r.execParams();
       expect(readExec(execSyncParams(p))).toEqual(readExec(capnpExec(p)));
     }
   });
@@ -231,22 +241,8 @@ describe("readExecSyncParams (the server reads exec requests by hand)", () => {
   test("300 random requests, written by capnp-es and by our client, read exactly", () => {
     const r = valueRng(13);
     for (let i = 0; i < 300; i++) {
-      const p: ExecParams = {
-        id: r.text(64),
-        command: r.texts() ?? [],
-        timeoutSec: r.next() < 0.5 ? 0n : BigInt(r.u32()) * BigInt(r.int(1 << 20)),
-        terminal: r.bool(),
-        envVars: r.map(),
-        cgroupManager: r.int(2),
-      };
-      const fromCapnpEs = capnpCallFrame((req) => {
-        req.id = p.id;
-        req.timeoutSec = p.timeoutSec;
-        setList((n) => req._initCommand(n), p.command);
-        req.terminal = p.terminal;
-        setEntries((n) => req._initEnvVars(n), p.envVars);
-        req.cgroupManager = p.cgroupManager;
-      });
+      const p = r.execParams(r.u53);
+      const fromCapnpEs = capnpCallFrame((req) => fillExec(req, p));
       expect(readByHand(fromCapnpEs)).toEqual(expected(p));
       // Our client's params in the Call envelope it writes: the same request, laid out by SegmentBuilder.
       expect(readByHand(clientCallFrame(2, execSyncParams(p)))).toEqual(expected(p));
@@ -256,15 +252,8 @@ describe("readExecSyncParams (the server reads exec requests by hand)", () => {
   test("requests laid out over 2-5 segments with far and double-far pointers read the same", () => {
     const r = valueRng(17);
     for (let i = 0; i < 100; i++) {
-      const p: ExecParams = { id: r.text(64), command: r.texts() ?? [], timeoutSec: BigInt(r.int(3600)), terminal: r.bool(), envVars: r.map(), cgroupManager: r.int(2) };
-      const frame = capnpCallFrame((req) => {
-        req.id = p.id;
-        req.timeoutSec = p.timeoutSec;
-        setList((n) => req._initCommand(n), p.command);
-        req.terminal = p.terminal;
-        setEntries((n) => req._initEnvVars(n), p.envVars);
-        req.cgroupManager = p.cgroupManager;
-      });
+      const p = r.execParams(r.u53);
+      const frame = capnpCallFrame((req) => fillExec(req, p));
       expect(readByHand(scatterFrame(frame, 2 + r.int(4), r))).toEqual(expected(p));
     }
   });
@@ -374,23 +363,8 @@ describe("readCreateContainerParams (the server reads create requests by hand)",
   test("300 random requests from capnp-es and from our client, also over 2-5 segments, read exactly", () => {
     const r = valueRng(19);
     for (let i = 0; i < 300; i++) {
-      const p: CreateParams = {
-        id: r.text(64),
-        bundlePath: `/${r.text(100)}`,
-        terminal: r.bool(),
-        stdin: r.bool(),
-        exitPaths: r.texts(),
-        oomExitPaths: r.texts(),
-        // maxSize within 2^53: log sizes are numbers on our side.
-        logDrivers: r.next() < 0.3 ? undefined : Array.from({ length: r.int(4) }, () => ({ type: r.int(3), path: r.text(), maxSize: BigInt(r.u32()) * BigInt(r.int(1 << 20)) })),
-        cleanupCmd: r.texts(),
-        globalArgs: r.texts(),
-        commandArgs: r.texts(),
-        envVars: r.map(),
-        cgroupManager: r.int(2),
-        additionalFds: r.next() < 0.5 ? undefined : Array.from({ length: r.int(4) }, () => r.u64()),
-        leakFds: r.next() < 0.5 ? undefined : Array.from({ length: r.int(4) }, () => r.u64()),
-      };
+      // Log sizes below 2^53: they are numbers on our side.
+      const p = r.createParams(r.u53);
       const fromCapnpEs = callFrameOf(Conmon_CreateContainer$Params, 1, (req) => fillCreate(req, p));
       expect(readByHand(fromCapnpEs)).toEqual(expected(p));
       expect(readByHand(clientCallFrame(1, createContainerParams(p)))).toEqual(expected(p));
