@@ -1,7 +1,7 @@
 // execSyncContainer on the client side (mirrors the Go client's ExecSyncContainer).
 import { CgroupManager, type ConmonClient } from "./conmon-client.ts";
 import { execSyncParams } from "./params.ts";
-import { decodeExecResults } from "../call-results.ts";
+import { decodeExecResults, type ExecResultFields } from "../call-results.ts";
 
 export interface ExecSyncConfig {
   id: string;
@@ -14,12 +14,8 @@ export interface ExecSyncConfig {
   cgroupManager?: CgroupManager;
 }
 
-export interface ExecContainerResult {
-  exitCode: number;
-  stdout: Uint8Array;
-  stderr: Uint8Array;
-  timedOut: boolean;
-}
+/** exitCode, stdout, stderr, timedOut: as the server writes them (src/call-results.ts). */
+export type ExecContainerResult = ExecResultFields;
 
 export function execSyncContainer(client: ConmonClient, cfg: ExecSyncConfig): Promise<ExecContainerResult> {
   return client.call(

@@ -51,9 +51,9 @@ export interface RpcMethod {
   /** Reads `params`, fills `results` (before the returned promise settles). Throwing → exception. */
   handler(params: any, results: any): Promise<void> | void;
   /**
-   * Reads the params straight from the received frame instead of through a capnp-es copy, for a
-   * method called often with tiny params (version: one bool). `seg`/`at` locate the params'
-   * pointer (seg -1: null, read as defaults); the result must not refer to the frame's bytes.
+   * Reads the params straight from the received frame instead of through a capnp-es copy, for
+   * the hot methods (version, createContainer, execSync). `seg`/`at` locate the params' pointer
+   * (seg -1: null, read as defaults); the result must not refer to the frame's bytes.
    */
   readParams?(reader: FrameReader, seg: number, at: number): unknown;
 }

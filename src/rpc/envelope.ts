@@ -18,7 +18,7 @@
 // Only the message kinds on the hot path are decoded here; the connection hands anything else
 // (Abort, Return, Unimplemented, unknown kinds) to capnp-es.
 
-import { FrameReader, OutBuffer, StructRef, WireError, setCapabilityPointer, setFarPointer, setListPointer, setStructPointer, PTR_FAR, PTR_OTHER, PTR_STRUCT } from "./wire.ts";
+import { ELEMENT_BYTE, ELEMENT_COMPOSITE, FrameReader, OutBuffer, StructRef, WireError, setCapabilityPointer, setFarPointer, setListPointer, setStructPointer, PTR_FAR, PTR_OTHER, PTR_STRUCT } from "./wire.ts";
 
 export const MSG_UNIMPLEMENTED = 0;
 export const MSG_ABORT = 1;
@@ -199,7 +199,7 @@ export function writeBootstrapReturn(out: OutBuffer, answerId: number, exportId:
   setCapabilityPointer(dv, payload, 0);
   // capTable: a composite list of one CapDescriptor (1 data word, 1 pointer) after its tag word.
   const tag = payload + 16;
-  setListPointer(dv, payload + 8, tag, 7, 2);
+  setListPointer(dv, payload + 8, tag, ELEMENT_COMPOSITE, 2);
   dv.setUint32(tag, (1 << 2) | PTR_STRUCT, true);
   dv.setUint32(tag + 4, 1 | (1 << 16), true);
   dv.setUint16(tag + 8, 1, true); // senderHosted; attachedFd stays 0 = default 255 (no fd)
@@ -217,7 +217,7 @@ export function writeExceptionReturn(out: OutBuffer, answerId: number, type: Exc
   dv.setUint16(exception + 4, EXCEPTION_TYPES[type], true);
   const text = exception + 24;
   const { written } = textEncoder.encodeInto(reason, out.bytes.subarray(text, out.length));
-  setListPointer(dv, exception + 8, text, 2, written + 1); // bytes, NUL included
+  setListPointer(dv, exception + 8, text, ELEMENT_BYTE, written + 1); // bytes, NUL included
   out.truncate(text + ((written + 1 + 7) & ~7));
   finishSingleSegment(out, frame);
 }
@@ -432,7 +432,7 @@ export function writeAbort(out: OutBuffer, reason: string): void {
   dv.setUint16(exception + 4, EXCEPTION_TYPES.failed, true);
   const text = exception + 24;
   const { written } = textEncoder.encodeInto(reason, out.bytes.subarray(text, out.length));
-  setListPointer(dv, exception + 8, text, 2, written + 1);
+  setListPointer(dv, exception + 8, text, ELEMENT_BYTE, written + 1);
   out.truncate(text + ((written + 1 + 7) & ~7));
   finishSingleSegment(out, frame);
 }

@@ -4,13 +4,7 @@
 // Single segment, near pointers only, everything zeroed before use: what the encoding allows a
 // writer to choose freely.
 
-import { setListPointer, setStructPointer } from "./wire.ts";
-
-/** List element sizes (the 3-bit field of a list pointer). */
-export const ELEMENT_BYTE = 2;
-export const ELEMENT_EIGHT_BYTES = 5;
-export const ELEMENT_POINTER = 6;
-export const ELEMENT_COMPOSITE = 7;
+import { ELEMENT_BYTE, ELEMENT_COMPOSITE, ELEMENT_EIGHT_BYTES, ELEMENT_POINTER, setListPointer, setStructPointer } from "./wire.ts";
 
 const encoder = new TextEncoder();
 

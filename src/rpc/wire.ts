@@ -28,16 +28,16 @@ export const PTR_FAR = 2;
 export const PTR_OTHER = 3;
 const KIND_NAMES = ["struct", "list", "far", "capability"] as const;
 
-/** List element size codes: 2, one byte per element (Data, Text); 5, eight bytes; 6, one pointer. */
-const LIST_BYTE = 2;
-const LIST_EIGHT_BYTES = 5;
-const LIST_POINTER = 6;
-
-const decoder = new TextDecoder();
-/** List element size code 7: a composite list, its elements are structs described by a tag word. */
-const LIST_COMPOSITE = 7;
+/** List element size codes (the 3-bit field of a list pointer) that readers and writers use. */
+export const ELEMENT_BYTE = 2; // Data, Text
+export const ELEMENT_EIGHT_BYTES = 5;
+export const ELEMENT_POINTER = 6;
+/** A composite list: its elements are structs described by a tag word. */
+export const ELEMENT_COMPOSITE = 7;
 /** Bits per element for list element size codes 0..6 (void, bit, byte, 2, 4, 8 bytes, pointer). */
 const LIST_ELEMENT_BITS = [0, 1, 8, 16, 32, 64, 64] as const;
+
+const decoder = new TextDecoder();
 
 /**
  * Where a list's elements are, as absolute byte offsets: element i starts at start + i * stepBytes
@@ -145,13 +145,22 @@ export class FrameReader {
 
   /** Number of elements of the list pointer at `at`; 0 if it is null. */
   listLength(seg: number, at: number): number {
-    if (!this.resolve(seg, at)) return 0;
+    return Math.max(0, this.resolveList(seg, at, ""));
+  }
+
+  /**
+   * Resolves the list pointer at `at` and checks its bounds; returns its element count, or -1
+   * when it is null (or `at` < 0). target* then hold where the list is (a composite list's tag
+   * word). `what` names the field in error messages.
+   */
+  private resolveList(seg: number, at: number, what: string): number {
+    if (at < 0 || !this.resolve(seg, at)) return -1;
     const kind = this.targetLo & 3;
-    if (kind !== PTR_LIST) throw new WireError(`expected a list pointer, found a ${KIND_NAMES[kind]} pointer`);
+    if (kind !== PTR_LIST) throw new WireError(`${what ? `${what}: ` : ""}expected a list pointer, found a ${KIND_NAMES[kind]} pointer`);
     const size = this.targetHi & 7;
     const count = this.targetHi >>> 3;
-    if (size !== LIST_COMPOSITE) {
-      this.checkRange(this.targetSeg, this.targetAt, Math.ceil((count * LIST_ELEMENT_BITS[size]!) / 64) * 8, "list");
+    if (size !== ELEMENT_COMPOSITE) {
+      this.checkRange(this.targetSeg, this.targetAt, Math.ceil((count * LIST_ELEMENT_BITS[size]!) / 64) * 8, what || "list");
       return count;
     }
     // Composite: `count` is the word count after the tag; the tag's offset field is the element count.
@@ -197,19 +206,19 @@ export class FrameReader {
 
   /** Reads the list pointer at `at` (a list of pointers or of structs) into `out`; false if null. */
   readList(seg: number, at: number, out: ListRef): boolean {
-    if (at < 0 || (this.dv.getUint32(at, true) === 0 && this.dv.getUint32(at + 4, true) === 0)) return false;
-    const count = this.listLength(seg, at); // resolves (into target*) and checks bounds
+    const count = this.resolveList(seg, at, "");
+    if (count < 0) return false;
     const size = this.targetHi & 7;
     out.seg = this.targetSeg;
     out.count = count;
-    if (size === LIST_POINTER) {
+    if (size === ELEMENT_POINTER) {
       out.start = this.targetAt;
       out.stepBytes = 8;
       out.dataBytes = 0;
       out.ptrCount = 1;
       return true;
     }
-    if (size !== LIST_COMPOSITE) throw new WireError(`expected a list of pointers or structs, found element size ${size}`);
+    if (size !== ELEMENT_COMPOSITE) throw new WireError(`expected a list of pointers or structs, found element size ${size}`);
     const tagHi = this.dv.getUint32(this.targetAt + 4, true);
     out.start = this.targetAt + 8;
     out.dataBytes = (tagHi & 0xffff) * 8;
@@ -220,10 +229,10 @@ export class FrameReader {
 
   /** The List(UInt64) the pointer at `at` targets; empty when it is null (or `at` < 0). */
   u64List(seg: number, at: number): bigint[] {
-    if (at < 0 || (this.dv.getUint32(at, true) === 0 && this.dv.getUint32(at + 4, true) === 0)) return [];
-    const count = this.listLength(seg, at); // resolves (into target*) and checks bounds
+    const count = this.resolveList(seg, at, "");
+    if (count < 0) return [];
     const size = this.targetHi & 7;
-    if (size !== LIST_EIGHT_BYTES) throw new WireError(`expected a list of 64-bit values, found element size ${size}`);
+    if (size !== ELEMENT_EIGHT_BYTES) throw new WireError(`expected a list of 64-bit values, found element size ${size}`);
     const out: bigint[] = [];
     for (let i = 0; i < count; i++) out.push(this.dv.getBigUint64(this.targetAt + i * 8, true));
     return out;
@@ -241,12 +250,8 @@ export class FrameReader {
 
   /** Resolves a byte list pointer; returns its length (target* hold where), or -1 when null. */
   private byteList(seg: number, at: number, what: string): number {
-    if (at < 0 || !this.resolve(seg, at)) return -1;
-    const kind = this.targetLo & 3;
-    if (kind !== PTR_LIST) throw new WireError(`${what}: expected a list pointer, found a ${KIND_NAMES[kind]} pointer`);
-    if ((this.targetHi & 7) !== LIST_BYTE) throw new WireError(`${what}: expected a byte list, found element size ${this.targetHi & 7}`);
-    const length = this.targetHi >>> 3;
-    this.checkRange(this.targetSeg, this.targetAt, length, what);
+    const length = this.resolveList(seg, at, what);
+    if (length >= 0 && (this.targetHi & 7) !== ELEMENT_BYTE) throw new WireError(`${what}: expected a byte list, found element size ${this.targetHi & 7}`);
     return length;
   }
 
